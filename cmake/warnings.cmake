@@ -7,8 +7,10 @@ function(spembed_target_warnings target)
     list(APPEND cxx_flags -Werror)
   endif()
   string(REPLACE ";" "," host_flags "${cxx_flags}")
+  # --resource-usage prints ptxas's per-kernel report (registers, stack, local
+  # memory), which the launcher below keeps for scripts/check_kernel_resources.sh.
   set(cuda_flags -Xcompiler=${host_flags} -Xptxas=-warn-spills,-warn-lmem-usage
-      --expt-relaxed-constexpr)
+      --resource-usage --expt-relaxed-constexpr)
   if(SPEMBED_WERROR)
     list(APPEND cuda_flags --Werror=all-warnings -Xptxas=-Werror)
   endif()
@@ -17,3 +19,5 @@ function(spembed_target_warnings target)
     $<$<COMPILE_LANGUAGE:C>:-Wall -Wextra $<$<BOOL:${SPEMBED_WERROR}>:-Werror>>
     $<$<COMPILE_LANGUAGE:CUDA>:${cuda_flags}>)
 endfunction()
+
+set(CMAKE_CUDA_COMPILER_LAUNCHER ${CMAKE_CURRENT_LIST_DIR}/nvcc_with_ptxas_log.sh)

@@ -231,7 +231,18 @@ spembed_status_t run(const EmbeddingBagForwardParams& p, const TableSide& side,
     embedding_bag_forward_cpu(host_view);
     return SPEMBED_STATUS_SUCCESS;
   }
+  // Launch on the tensors' device even if the caller's current device differs.
+  int current = -1;
+  cudaError_t status = cudaGetDevice(&current);
+  if (status == cudaSuccess && current != side.device.device_id) {
+    status = cudaSetDevice(side.device.device_id);
+  }
+  if (status != cudaSuccess) {
+    return fail(SPEMBED_STATUS_CUDA_ERROR, "cuda:%d: cannot make it the current device: %s",
+                side.device.device_id, cudaGetErrorString(status));
+  }
   const int error = embedding_bag_forward_cuda(p, stream);
+  if (current != side.device.device_id) cudaSetDevice(current);
   if (error != 0) {
     return fail(SPEMBED_STATUS_CUDA_ERROR, "CUDA launch failed: %s",
                 cudaGetErrorString(static_cast<cudaError_t>(error)));

@@ -130,7 +130,8 @@ spembed_status_t spembed_report_status(const int64_t report[SPEMBED_REPORT_SIZE]
 void spembed_embedding_bag_options_init(spembed_embedding_bag_options_t* options);
 
 /* Bytes of workspace the embedding bag forward ops need on `device_type`
- * (kDLCPU needs none). The workspace must be aligned to 256 bytes. */
+ * (kDLCPU needs none). The workspace must be aligned to 16 bytes (any
+ * cudaMalloc or caching-allocator block is). */
 spembed_status_t spembed_embedding_bag_forward_workspace_size(spembed_handle_t handle,
                                                              DLDeviceType device_type,
                                                              size_t* bytes);

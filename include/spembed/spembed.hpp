@@ -1,0 +1,138 @@
+// spembed C++ API: RAII owners and exceptions over the C API in spembed.h.
+// Header-only; every function calls exactly one C function.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "spembed/spembed.h"
+
+namespace spembed {
+
+// Thrown for every status other than SUCCESS; what() is the library's message.
+class Error : public std::runtime_error {
+ public:
+  Error(spembed_status_t status, const std::string& message)
+      : std::runtime_error(std::string(spembed_status_string(status)) + ": " + message),
+        status_(status) {}
+  spembed_status_t status() const noexcept { return status_; }
+
+ private:
+  spembed_status_t status_;
+};
+
+inline void check(spembed_status_t status) {
+  if (status != SPEMBED_STATUS_SUCCESS) throw Error(status, spembed_last_error());
+}
+
+inline int version() { return spembed_get_version(); }
+
+// Throws the failure a report (copied to the host) records, if any.
+inline void check_report(const int64_t (&report)[SPEMBED_REPORT_SIZE]) {
+  check(spembed_report_status(report));
+}
+
+struct EmbeddingBagOptions : spembed_embedding_bag_options_t {
+  EmbeddingBagOptions() { spembed_embedding_bag_options_init(this); }
+  EmbeddingBagOptions& with_pooling(spembed_pooling_t p) { pooling = p; return *this; }
+  EmbeddingBagOptions& with_padding_idx(int64_t i) { padding_idx = i; return *this; }
+  EmbeddingBagOptions& with_bounds_policy(spembed_bounds_policy_t b) { bounds_policy = b; return *this; }
+  EmbeddingBagOptions& with_fixed_bag_size(int64_t l) { fixed_bag_size = l; return *this; }
+};
+
+// Optional arguments of the forward ops, by name.
+struct ForwardExtras {
+  const DLTensor* offsets = nullptr;
+  const DLTensor* per_sample_weights = nullptr;
+  DLTensor* argmax = nullptr;
+  DLTensor* report = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  spembed_stream_t stream = nullptr;
+};
+
+class TableBatch;
+
+class Handle {
+ public:
+  Handle() { check(spembed_create(&handle_)); }
+  ~Handle() {
+    if (handle_ != nullptr) spembed_destroy(handle_);
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  Handle(Handle&& other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  Handle& operator=(Handle&& other) noexcept {
+    std::swap(handle_, other.handle_);
+    return *this;
+  }
+
+  spembed_handle_t get() const noexcept { return handle_; }
+  int cuda_device() const {
+    int device = -1;
+    check(spembed_handle_device(handle_, &device));
+    return device;
+  }
+  size_t forward_workspace_size(DLDeviceType device) const {
+    size_t bytes = 0;
+    check(spembed_embedding_bag_forward_workspace_size(handle_, device, &bytes));
+    return bytes;
+  }
+
+  void embedding_bag_forward(const DLTensor& table, const DLTensor& indices, DLTensor& output,
+                             const EmbeddingBagOptions& options = {},
+                             const ForwardExtras& extras = {}) const {
+    check(spembed_embedding_bag_forward(handle_, &table, &indices, extras.offsets,
+                                        extras.per_sample_weights, &options, &output,
+                                        extras.argmax, extras.report, extras.workspace,
+                                        extras.workspace_bytes, extras.stream));
+  }
+
+  inline void embedding_bag_batched_forward(const TableBatch& batch, const DLTensor& indices,
+                                            DLTensor& output,
+                                            const EmbeddingBagOptions& options = {},
+                                            const ForwardExtras& extras = {}) const;
+
+ private:
+  spembed_handle_t handle_ = nullptr;
+};
+
+class TableBatch {
+ public:
+  TableBatch(const Handle& handle, const DLTensor* tables, int64_t num_tables) {
+    check(spembed_table_batch_create(handle.get(), tables, num_tables, &batch_));
+  }
+  ~TableBatch() {
+    if (batch_ != nullptr) spembed_table_batch_destroy(batch_);
+  }
+  TableBatch(const TableBatch&) = delete;
+  TableBatch& operator=(const TableBatch&) = delete;
+  TableBatch(TableBatch&& other) noexcept : batch_(std::exchange(other.batch_, nullptr)) {}
+  TableBatch& operator=(TableBatch&& other) noexcept {
+    std::swap(batch_, other.batch_);
+    return *this;
+  }
+
+  spembed_table_batch_t get() const noexcept { return batch_; }
+  int64_t total_dim() const {
+    int64_t dim = 0;
+    check(spembed_table_batch_total_dim(batch_, &dim));
+    return dim;
+  }
+
+ private:
+  spembed_table_batch_t batch_ = nullptr;
+};
+
+inline void Handle::embedding_bag_batched_forward(const TableBatch& batch,
+                                                  const DLTensor& indices, DLTensor& output,
+                                                  const EmbeddingBagOptions& options,
+                                                  const ForwardExtras& extras) const {
+  check(spembed_embedding_bag_batched_forward(
+      handle_, batch.get(), &indices, extras.offsets, extras.per_sample_weights, &options,
+      &output, extras.argmax, extras.report, extras.workspace, extras.workspace_bytes,
+      extras.stream));
+}
+
+}  // namespace spembed

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The README's main job: build spembed and spembed_bench, run the embedding bag
+# benchmark and print its markdown report. On a GPU: the issue's shapes, spembed
+# against cuSPARSE SpMM and a naive kernel, plus F.embedding_bag when PyTorch
+# sees the GPU. Without a GPU the binary says so plainly and runs the CPU path
+# on reduced shapes (about 10 s on two cores).
+#
+# Usage: scripts/main.sh [spembed_bench flags, e.g. --iters=20 --benchmark_filter=...]
+# Results: $BENCH_OUT (default $BUILD_DIR/bench): spembed_bench.json,
+# torch_embedding_bag.json (GPU + PyTorch only) and report.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+bash "$SPEMBED_ROOT/scripts/setup_deps.sh"
+configure_and_build -DSPEMBED_BUILD_BENCHMARKS=ON
+
+out_dir="${BENCH_OUT:-$BUILD_DIR/bench}"
+mkdir -p "$out_dir"
+"$BUILD_DIR/benchmarks/spembed_bench" --benchmark_out="$out_dir/spembed_bench.json" \
+  --benchmark_out_format=json "$@"
+
+# Writes its JSON only when PyTorch and a CUDA device are there.
+rm -f "$out_dir/torch_embedding_bag.json"
+python3 "$SPEMBED_ROOT/benchmarks/torch_embedding_bag.py" --json "$out_dir/torch_embedding_bag.json"
+torch_args=()
+[ -f "$out_dir/torch_embedding_bag.json" ] && torch_args=(--torch "$out_dir/torch_embedding_bag.json")
+
+python3 "$SPEMBED_ROOT/scripts/bench_report.py" "$out_dir/spembed_bench.json" "${torch_args[@]}" \
+  -o "$out_dir/report.md"
+cat "$out_dir/report.md"

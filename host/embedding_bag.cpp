@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 
 #include "host/data_checks.h"
@@ -30,16 +31,23 @@ spembed_status_t resolve_options(const spembed_embedding_bag_options_t* given,
                                  spembed_embedding_bag_options_t* options) {
   spembed_embedding_bag_options_init(options);
   if (given == nullptr) return SPEMBED_STATUS_SUCCESS;
-  *options = *given;
-  if (options->pooling < SPEMBED_POOLING_SUM || options->pooling > SPEMBED_POOLING_NONE) {
-    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "options.pooling: unknown value %d",
-                static_cast<int>(options->pooling));
+  // A C caller may store any int in an enum field; read the raw ints, since
+  // loading an out-of-range value as the C++ enum type is undefined.
+  static_assert(sizeof(spembed_pooling_t) == sizeof(int) &&
+                    sizeof(spembed_bounds_policy_t) == sizeof(int),
+                "C enums are int-sized");
+  int pooling = 0;
+  int bounds_policy = 0;
+  std::memcpy(&pooling, &given->pooling, sizeof(int));
+  std::memcpy(&bounds_policy, &given->bounds_policy, sizeof(int));
+  if (pooling < SPEMBED_POOLING_SUM || pooling > SPEMBED_POOLING_NONE) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "options.pooling: unknown value %d", pooling);
   }
-  if (options->bounds_policy != SPEMBED_BOUNDS_ERROR &&
-      options->bounds_policy != SPEMBED_BOUNDS_SKIP) {
+  if (bounds_policy != SPEMBED_BOUNDS_ERROR && bounds_policy != SPEMBED_BOUNDS_SKIP) {
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "options.bounds_policy: unknown value %d",
-                static_cast<int>(options->bounds_policy));
+                bounds_policy);
   }
+  *options = *given;
   if (options->fixed_bag_size < 0) {
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
                 "options.fixed_bag_size: %" PRId64 " must be >= 0 (0: use offsets)",

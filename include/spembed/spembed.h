@@ -117,6 +117,8 @@ const char* spembed_last_error(void);
 /* A handle binds to the current CUDA device if one is usable, else to the CPU
  * only. It allocates nothing on the device. */
 spembed_status_t spembed_create(spembed_handle_t* handle);
+/* Destroying NULL is an INVALID_ARGUMENT error (so is using a destroyed handle:
+ * undefined). Table batches made with a handle must be destroyed first. */
 spembed_status_t spembed_destroy(spembed_handle_t handle);
 /* The CUDA device the handle serves, or -1 when it serves the CPU only. */
 spembed_status_t spembed_handle_device(spembed_handle_t handle, int* cuda_device);
@@ -166,6 +168,7 @@ spembed_status_t spembed_embedding_bag_forward(spembed_handle_t handle, const DL
  * array once (it allocates and synchronises: create batches at set-up time). */
 spembed_status_t spembed_table_batch_create(spembed_handle_t handle, const DLTensor* tables,
                                             int64_t num_tables, spembed_table_batch_t* batch);
+/* A batch is used only with the handle that created it (else INVALID_ARGUMENT). */
 spembed_status_t spembed_table_batch_destroy(spembed_table_batch_t batch);
 /* Sum of the tables' dims: the width of the batched output. */
 spembed_status_t spembed_table_batch_total_dim(spembed_table_batch_t batch, int64_t* total_dim);
@@ -178,7 +181,7 @@ spembed_status_t spembed_table_batch_total_dim(spembed_table_batch_t batch, int6
  *  output   [B, total_dim]: table t's pooled rows at columns
  *           [sum of dims before t, + dim_t).
  *  argmax   NULL, or with MAX: shaped like output, dtype of indices.
- * Pooling NONE is not available here (rows of different widths). padding_idx
+ * Pooling NONE is not available here (rows of different widths): NOT_SUPPORTED. padding_idx
  * applies to every table. Other arguments as in spembed_embedding_bag_forward. */
 spembed_status_t spembed_embedding_bag_batched_forward(
     spembed_handle_t handle, spembed_table_batch_t batch, const DLTensor* indices,

@@ -13,5 +13,7 @@ if [ -z "$out" ]; then exec "$@"; fi
 log="$out.ptxas.log"
 "$@" 2>"$log"
 status=$?
-cat "$log" >&2
+# ptxas's "info" lines are kept in the log only; anything else (warnings,
+# errors) is shown as the compiler printed it.
+grep -v -e '^ptxas info' -e '^    [0-9]* bytes stack frame' "$log" >&2
 exit $status

@@ -4,6 +4,10 @@
 //    read one row segment together; each thread walks its bag's ids serially.
 //  - batched naive: the same over [bags_per_table, total_dim]; a thread finds
 //    its table by scanning the tables' first columns.
+//  - stock backward: one thread per (position, column), consecutive threads
+//    on consecutive columns of one position; each finds its bag by binary
+//    search over the offsets (the threads of a warp search for the same
+//    position, so the loads are broadcasts) and atomicAdds one element.
 //  - fill / flush / copy / compare: grid-stride loops, one element (or one
 //    16-byte vector) per thread per step.
 #include <cuda_fp16.h>
@@ -115,6 +119,29 @@ __global__ void __launch_bounds__(kBlock)
   out[i] = from_float<T>(acc);
 }
 
+__global__ void __launch_bounds__(kBlock)
+    stock_backward_kernel(float* grad, int64_t dim, const int64_t* ids, int64_t nnz,
+                          const int64_t* offsets, int64_t bags, int64_t first_pos,
+                          const float* grad_output, int64_t grad_stride, int64_t grad_col) {
+  const int64_t i = blockIdx.x * int64_t{kBlock} + threadIdx.x;
+  if (i >= nnz * dim) return;
+  const int64_t j = i / dim;
+  const int64_t d = i - j * dim;
+  const int64_t pos = first_pos + j;
+  // The bag: the last b with offsets[b] <= pos (empty bags are skipped over).
+  int64_t lo = 0;
+  int64_t hi = bags;  // offsets[bags] > pos always
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (offsets[mid] <= pos) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  atomicAdd(&grad[ids[j] * dim + d], grad_output[lo * grad_stride + grad_col + d]);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kBlock)
     mismatch_kernel(const T* out, const T* ref, int64_t n, float rel_tol,
@@ -186,6 +213,16 @@ cudaError_t naive_embedding_bag_batched(const NaiveTable* tables, int num_tables
     naive_batched_kernel<T><<<blocks_for(bags_per_table * total_dim), kBlock, 0, stream>>>(
         tables, num_tables, total_dim, ids, offsets, bags_per_table, static_cast<T*>(out));
   });
+}
+
+cudaError_t stock_embedding_bag_backward(float* grad, int64_t dim, const int64_t* ids, int64_t nnz,
+                                         const int64_t* offsets, int64_t bags, int64_t first_pos,
+                                         const float* grad_output, int64_t grad_stride,
+                                         int64_t grad_col, cudaStream_t stream) {
+  if (nnz * dim == 0 || bags == 0) return cudaSuccess;
+  stock_backward_kernel<<<blocks_for(nnz * dim), kBlock, 0, stream>>>(
+      grad, dim, ids, nnz, offsets, bags, first_pos, grad_output, grad_stride, grad_col);
+  return cudaGetLastError();
 }
 
 cudaError_t count_mismatches(const void* out, const void* ref, Elem elem, int64_t n, double rel_tol,

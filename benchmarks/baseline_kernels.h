@@ -1,5 +1,6 @@
 // Device helpers of the benchmarks: the plain one-thread-per-output embedding
-// bag (the "naive" peer), table initialisation, the L2 flush, the copy used to
+// bag (the "naive" peer), the atomicAdd-scatter backward (the "stock" peer of
+// the backward), table initialisation, the L2 flush, the copy used to
 // measure bandwidth, and the output comparison. Launchers return the launch
 // error; none synchronises.
 #pragma once
@@ -49,6 +50,18 @@ cudaError_t naive_embedding_bag_batched(const NaiveTable* tables, int num_tables
                                         int64_t total_dim, const int64_t* ids,
                                         const int64_t* offsets, int64_t bags_per_table, void* out,
                                         cudaStream_t stream);
+
+// The stock embedding bag backward (the "stock" peer of the backward): one
+// thread per (position, column) of one table's ids, atomicAdd of its bag's
+// grad_output element into the dense gradient, SUM pooling:
+//   grad[ids[j], d] += grad_output[b, grad_col + d]
+// for j in [0, nnz), b the bag holding position first_pos + j (found by a
+// binary search of offsets[0, bags], which hold absolute positions), d < dim.
+// grad is [rows, dim] fp32, grad_output [bags, grad_stride] fp32.
+cudaError_t stock_embedding_bag_backward(float* grad, int64_t dim, const int64_t* ids, int64_t nnz,
+                                         const int64_t* offsets, int64_t bags, int64_t first_pos,
+                                         const float* grad_output, int64_t grad_stride,
+                                         int64_t grad_col, cudaStream_t stream);
 
 // Element-wise comparison of two [n] arrays of `elem`: counts the elements
 // with !(|out - ref| <= rel_tol * max(1, |ref|)) (NaN counts) into

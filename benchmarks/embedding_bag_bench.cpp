@@ -1,5 +1,7 @@
 // spembed_bench: embedding bag forward (pooled lookup), spembed against the
-// stock paths, on the shapes of the issue.
+// stock paths, on the shapes of the issue. The backward's benchmarks live in
+// embedding_bag_backward_bench.cpp and register into the same binary; the
+// machinery both use is in bench_common.h.
 //
 // Peers, run one after another on the same inputs in the same process:
 //   spembed   spembed_embedding_bag_forward / _batched_forward (C API, default
@@ -55,6 +57,7 @@
 #include <vector>
 
 #include "baseline_kernels.h"
+#include "bench_common.h"
 #include "cusparse_peer.h"
 #include "id_sampler.h"
 #include "spembed/spembed.h"
@@ -64,105 +67,15 @@ namespace {
 
 // ---- configuration -----------------------------------------------------------
 
-constexpr uint64_t kSeed = 0x5EED;  // the Python script uses the same seed
-constexpr int kGpuWarmup = 3;       // first launch loads modules; then caches settle
-constexpr int kCpuWarmup = 1;
 constexpr int kDefaultGpuIters = 50;
 constexpr int kDefaultCpuIters = 10;
-// Reduction of the issue's shapes for the CPU path: keeps the whole CPU run
-// under two minutes on two cores and its tables within a few hundred MB.
-constexpr int64_t kCpuBagDivisor = 64;
-constexpr int64_t kCpuRowDivisor = 100;
 // Copy-bandwidth buffer: large against any L2 (50 MB on H100) yet small
 // against device memory.
 constexpr size_t kGpuCopyBytes = size_t{1} << 30;
 constexpr size_t kCpuCopyBytes = size_t{256} << 20;
 constexpr int kCopyRuns = 10;
-// The mixed-dim variant cycles through these dims (DLRM-style widths, all
-// multiples of 16 bytes in fp16 and fp32).
-constexpr std::array<int64_t, 8> kMixedDims = {16, 32, 48, 64, 96, 128, 192, 256};
 
-struct Config {
-  bool gpu = false;
-  int iters = 0;
-  double copy_gbps = 0.0;  // reference bandwidth, GB/s (1e9 bytes)
-  size_t l2_bytes = 0;
-};
-Config g_config;
-
-// ---- errors -------------------------------------------------------------------
-
-void check_cuda(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-  }
-}
-
-void check_spembed(spembed_status_t st, const char* what) {
-  if (st != SPEMBED_STATUS_SUCCESS) {
-    throw std::runtime_error(std::string(what) + ": " + spembed_status_string(st) + ": " +
-                             spembed_last_error());
-  }
-}
-
-// ---- shapes -----------------------------------------------------------------
-
-struct Shape {
-  std::string name;
-  bool batched = false;       // the table-batched API (T tables, one launch)
-  int64_t bags = 0;           // B, per table
-  int64_t bag_size = 0;       // L
-  int64_t rows = 0;           // E, per table
-  std::vector<int64_t> dims;  // one per table
-
-  int64_t tables() const { return static_cast<int64_t>(dims.size()); }
-  int64_t nnz_per_table() const { return bags * bag_size; }
-  int64_t nnz() const { return tables() * nnz_per_table(); }
-  int64_t total_dim() const {
-    int64_t s = 0;
-    for (int64_t d : dims) s += d;
-    return s;
-  }
-};
-
-std::string count_name(int64_t n) {
-  if (n % 1000000 == 0) return std::to_string(n / 1000000) + "M";
-  if (n % 1000 == 0) return std::to_string(n / 1000) + "k";
-  return std::to_string(n);
-}
-
-Shape make_shape(bool batched, int64_t tables, int64_t bags, int64_t bag_size, int64_t dim,
-                 int64_t rows, bool mixed, bool reduced) {
-  Shape s;
-  s.batched = batched;
-  s.bags = reduced ? std::max<int64_t>(8, bags / kCpuBagDivisor) : bags;
-  s.bag_size = bag_size;
-  s.rows = reduced ? std::max<int64_t>(1000, rows / kCpuRowDivisor) : rows;
-  for (int64_t t = 0; t < tables; ++t) {
-    s.dims.push_back(mixed ? kMixedDims[static_cast<size_t>(t) % kMixedDims.size()] : dim);
-  }
-  s.name = (batched ? "T" + std::to_string(tables) + "_" : std::string()) + "B" +
-           std::to_string(s.bags) + "_L" + std::to_string(bag_size) + "_D" +
-           (mixed ? std::string("mix16-256") : std::to_string(dim)) + "_E" + count_name(s.rows);
-  return s;
-}
-
-std::vector<Shape> issue_shapes(bool reduced) {
-  std::vector<Shape> v;
-  v.push_back(make_shape(false, 1, 65536, 32, 128, 10000000, false, reduced));
-  v.push_back(make_shape(false, 1, 65536, 1, 16, 1000000, false, reduced));
-  v.push_back(make_shape(false, 1, 65536, 1, 32, 1000000, false, reduced));
-  v.push_back(make_shape(false, 1, 2048, 150, 128, 5000000, false, reduced));
-  for (int64_t rows : {100000, 1000000}) {
-    for (int64_t bags : {512, 16384}) {
-      v.push_back(make_shape(true, 32, bags, 20, 128, rows, false, reduced));
-    }
-  }
-  for (int64_t bags : {512, 16384}) {
-    v.push_back(make_shape(true, 32, bags, 20, 0, 1000000, true, reduced));
-  }
-  return v;
-}
+// ---- byte model ---------------------------------------------------------------
 
 double model_bytes(const Shape& s, Elem elem) {
   const double eb = elem_bytes(elem);
@@ -173,163 +86,7 @@ double model_bytes(const Shape& s, Elem elem) {
          static_cast<double>(s.bags) * static_cast<double>(s.total_dim()) * eb;
 }
 
-// Ids of all tables, table-major; table t's ids use the generator's counters
-// from t * nnz_per_table and scatter shift t (mirrored by the Python script).
-std::vector<int64_t> make_ids(const Shape& s, Dist dist) {
-  std::vector<int64_t> ids(static_cast<size_t>(s.nnz()));
-  for (int64_t t = 0; t < s.tables(); ++t) {
-    const int64_t first = t * s.nnz_per_table();
-    generate_ids(dist, s.rows, kSeed, static_cast<uint64_t>(first), static_cast<uint64_t>(t),
-                 ids.data() + first, s.nnz_per_table());
-  }
-  return ids;
-}
-
-std::vector<int64_t> make_offsets(const Shape& s) {
-  std::vector<int64_t> offsets(static_cast<size_t>(s.tables() * s.bags + 1));
-  for (size_t i = 0; i < offsets.size(); ++i) offsets[i] = static_cast<int64_t>(i) * s.bag_size;
-  return offsets;
-}
-
-// ---- DLPack views -------------------------------------------------------------
-
-DLDataType float_type(Elem e) {
-  return DLDataType{static_cast<uint8_t>(kDLFloat), static_cast<uint8_t>(8 * elem_bytes(e)), 1};
-}
-const DLDataType kInt64{static_cast<uint8_t>(kDLInt), 64, 1};
-
-// A DLTensor that owns its shape array.
-struct View {
-  std::array<int64_t, 2> shape{};
-  DLTensor t{};
-  View() = default;
-  View(void* data, DLDevice dev, DLDataType dtype, std::initializer_list<int64_t> dims) {
-    std::copy(dims.begin(), dims.end(), shape.begin());
-    t.data = data;
-    t.device = dev;
-    t.ndim = static_cast<int32_t>(dims.size());
-    t.dtype = dtype;
-    t.shape = shape.data();
-  }
-  View(const View& o) : shape(o.shape), t(o.t) { t.shape = shape.data(); }
-  View& operator=(const View& o) {
-    shape = o.shape;
-    t = o.t;
-    t.shape = shape.data();
-    return *this;
-  }
-};
-
-// ---- results summary ------------------------------------------------------------
-
-struct Row {
-  std::string group;  // shape/dist/dtype/pooling
-  std::string peer;
-  double us;
-  double gbps;
-  double pct;
-};
-std::vector<Row> g_rows;
-
-void report(benchmark::State& state, const std::string& group, const std::string& peer,
-            std::vector<double> seconds, double bytes) {
-  if (seconds.empty()) return;
-  std::sort(seconds.begin(), seconds.end());
-  const double median = seconds[seconds.size() / 2];
-  const double gbps = bytes / median / 1e9;
-  const double pct = 100.0 * gbps / g_config.copy_gbps;
-  state.counters["us"] = median * 1e6;
-  state.counters["GBps"] = gbps;
-  state.counters["pct_copy_bw"] = pct;
-  state.counters["model_bytes"] = bytes;
-  g_rows.push_back({group, peer, median * 1e6, gbps, pct});
-}
-
-void print_summary() {
-  if (g_rows.empty()) return;
-  std::printf(
-      "\nSummary (median of %d timed runs; GB/s by the byte model above; %% of the %s "
-      "copy bandwidth %.0f GB/s; speedup = peer time / spembed time)\n",
-      g_config.iters, g_config.gpu ? "device" : "host", g_config.copy_gbps);
-  std::printf("%-48s %-9s %11s %9s %7s %8s\n", "case", "peer", "us", "GB/s", "%copy", "speedup");
-  std::map<std::string, double> spembed_us;
-  for (const Row& r : g_rows) {
-    if (r.peer.rfind("spembed", 0) == 0) spembed_us[r.group] = r.us;
-  }
-  for (const Row& r : g_rows) {
-    const auto it = spembed_us.find(r.group);
-    char speedup[32] = "-";
-    if (it != spembed_us.end() && r.peer.rfind("spembed", 0) != 0) {
-      std::snprintf(speedup, sizeof(speedup), "%.2fx", r.us / it->second);
-    }
-    std::printf("%-48s %-9s %11.1f %9.1f %6.1f%% %8s\n", r.group.c_str(), r.peer.c_str(), r.us,
-                r.gbps, r.pct, speedup);
-  }
-}
-
-// ---- GPU: device memory and the inputs of the current case ------------------------
-
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t n) : bytes(n) {
-    check_cuda(cudaMalloc(&ptr, std::max<size_t>(n, 1)), "cudaMalloc");
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(std::exchange(o.ptr, nullptr)), bytes(o.bytes) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-    std::swap(ptr, o.ptr);
-    std::swap(bytes, o.bytes);
-    return *this;
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
-
-template <typename T>
-DeviceBuffer upload(const std::vector<T>& host) {
-  DeviceBuffer d(host.size() * sizeof(T));
-  check_cuda(cudaMemcpy(d.ptr, host.data(), d.bytes, cudaMemcpyHostToDevice), "upload");
-  return d;
-}
-
-struct GpuContext {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr;
-  cudaEvent_t stop = nullptr;
-  DeviceBuffer flush;
-  DeviceBuffer flush_sink;
-  DeviceBuffer workspace;
-  DeviceBuffer check;  // [2] mismatch count and first position; then the spembed report
-  spembed_handle_t handle = nullptr;
-  cusparseHandle_t cusparse = nullptr;
-  int device = 0;
-};
-GpuContext* g_gpu = nullptr;
-
-void flush_l2() {
-  check_cuda(flush_l2_by_reading(g_gpu->flush.ptr, g_gpu->flush.bytes,
-                                 g_gpu->flush_sink.as<unsigned>(), g_gpu->stream),
-             "L2 flush");
-}
-
-// Flushes L2, then times `run` (which queues work on the stream) with events.
-template <typename Run>
-double time_gpu_run(Run&& run) {
-  flush_l2();
-  check_cuda(cudaEventRecord(g_gpu->start, g_gpu->stream), "cudaEventRecord");
-  run();
-  check_cuda(cudaEventRecord(g_gpu->stop, g_gpu->stream), "cudaEventRecord");
-  check_cuda(cudaEventSynchronize(g_gpu->stop), "run");
-  float ms = 0.0f;
-  check_cuda(cudaEventElapsedTime(&ms, g_gpu->start, g_gpu->stop), "cudaEventElapsedTime");
-  return ms * 1e-3;
-}
+// ---- GPU: the inputs of the current case ---------------------------------------------
 
 // The inputs of one case, kept while consecutive benchmarks share them: ids
 // per (shape, dist), tables per (shape, dtype), reference per full case.
@@ -687,29 +444,6 @@ struct CpuCase {
   ~CpuCase() { drop_tables(); }
 };
 CpuCase* g_cpu_case = nullptr;
-spembed_handle_t g_cpu_handle = nullptr;
-
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-std::vector<uint8_t> cpu_table(Elem elem, int64_t rows, int64_t dim, uint64_t salt) {
-  const int64_t n = rows * dim;
-  std::vector<uint8_t> bytes(static_cast<size_t>(n * elem_bytes(elem)));
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t h = mix64(salt * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i));
-    const float v = static_cast<float>(static_cast<int>(h % 33) - 16) / 16.0f;
-    if (elem == Elem::kF32) {
-      std::memcpy(bytes.data() + 4 * i, &v, 4);
-    } else {
-      const __half half_v = __float2half_rn(v);
-      std::memcpy(bytes.data() + 2 * i, &half_v, 2);
-    }
-  }
-  return bytes;
-}
 
 void prepare_cpu_case(const CaseSpec& c) {
   const Shape& s = c.shape;
@@ -867,6 +601,26 @@ void parse_own_flags(int* argc, char** argv, bool* force_cpu, int* iters) {
 }
 
 }  // namespace
+
+void release_forward_inputs() {
+  if (g_case != nullptr) {
+    g_case->drop_tables();
+    g_case->ids = DeviceBuffer();
+    g_case->offsets = DeviceBuffer();
+    g_case->out = DeviceBuffer();
+    g_case->ref = DeviceBuffer();
+    g_case->ids_key.clear();
+    g_case->ref_key.clear();
+  }
+  if (g_cpu_case != nullptr) {
+    g_cpu_case->drop_tables();
+    g_cpu_case->ids = std::vector<int64_t>();
+    g_cpu_case->offsets = std::vector<int64_t>();
+    g_cpu_case->out = std::vector<uint8_t>();
+    g_cpu_case->ids_key.clear();
+  }
+}
+
 }  // namespace spembed_bench
 
 int main(int argc, char** argv) {
@@ -877,12 +631,15 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
-  std::printf("spembed_bench: embedding bag forward, spembed %d vs cuSPARSE SpMM vs naive\n",
-              spembed_get_version());
   std::printf(
-      "Byte model: rows read (nnz * dim * elem, repeats counted) + int64 ids + int64 "
+      "spembed_bench: embedding bag forward, spembed %d vs cuSPARSE SpMM vs naive; "
+      "backward, spembed deterministic vs atomic vs stock atomicAdd scatter\n",
+      spembed_get_version());
+  std::printf(
+      "Forward byte model: rows read (nnz * dim * elem, repeats counted) + int64 ids + int64 "
       "offsets + output written; the same for Zipf ids, where L2 hits make it an "
-      "effective rate.\n");
+      "effective rate.\n%s",
+      backward_byte_model());
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   g_config.gpu = !force_cpu && err == cudaSuccess && devices > 0;
@@ -897,11 +654,13 @@ int main(int argc, char** argv) {
     }
   }
   g_config.iters = iters > 0 ? iters : (g_config.gpu ? kDefaultGpuIters : kDefaultCpuIters);
+  g_config.iters_given = iters > 0;
   benchmark::AddCustomContext("path", g_config.gpu ? "gpu" : "cpu (reduced shapes)");
   benchmark::AddCustomContext(
       "byte_model",
       "nnz*dim*elem (rows read, repeats counted) + nnz*8 (ids) + (bags+1)*8 (offsets) + "
       "bags*total_dim*elem (output); same model for Zipf ids (L2 hits make it effective)");
+  benchmark::AddCustomContext("backward_byte_model", backward_byte_model());
   benchmark::AddCustomContext("timing", g_config.gpu
                                             ? "CUDA events, L2 flushed (read 2x L2) before each "
                                               "run, median of timed runs in the counters"
@@ -921,8 +680,10 @@ int main(int argc, char** argv) {
   }
   benchmark::AddCustomContext("copy_GBps", std::to_string(g_config.copy_gbps));
   register_all();
+  register_backward();
   benchmark::RunSpecifiedBenchmarks();
   print_summary();
+  release_backward_inputs();
   if (g_config.gpu) {
     teardown_gpu();
   } else {

@@ -12,7 +12,7 @@
 namespace spembed_bench {
 namespace {
 
-double zipf_alpha(Dist dist) { return dist == Dist::kZipf105 ? 1.05 : 1.2; }
+double zipf_alpha(Dist dist) { return dist == Dist::kZipf120 ? 1.2 : 1.05; }
 
 // Cumulative weights sum_{k <= r} (k + 1)^-alpha, summed in rank order (the
 // Python script sums in the same order).
@@ -57,6 +57,8 @@ const char* dist_name(Dist dist) {
       return "zipf1.05";
     case Dist::kZipf120:
       return "zipf1.2";
+    case Dist::kHot30:
+      return "hot30";
   }
   return "?";
 }
@@ -83,9 +85,16 @@ void generate_ids(Dist dist, int64_t rows, uint64_t seed, uint64_t first_counter
   const std::vector<double>& cum = zipf_cumulative(rows, zipf_alpha(dist));
   const double total = cum.back();
   const uint64_t urows = static_cast<uint64_t>(rows);
-  parallel_for(n, [&, seed, first_counter, shift, ids](int64_t begin, int64_t end) {
+  const bool hot = dist == Dist::kHot30;
+  parallel_for(n, [&, seed, first_counter, shift, ids, hot](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      const double target = counter_uniform(seed, first_counter + static_cast<uint64_t>(k)) * total;
+      const double u = counter_uniform(seed, first_counter + static_cast<uint64_t>(k));
+      if (hot && u < kHotShare) {
+        ids[k] = static_cast<int64_t>(shift % urows);  // rank 0, scattered
+        continue;
+      }
+      const double target =
+          hot ? cum[0] + (u - kHotShare) / (1.0 - kHotShare) * (total - cum[0]) : u * total;
       const auto rank = static_cast<uint64_t>(std::min<int64_t>(
           rows - 1, std::upper_bound(cum.begin(), cum.end(), target) - cum.begin()));
       ids[k] = static_cast<int64_t>((rank * kRankScatter + shift) % urows);

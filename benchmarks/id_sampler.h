@@ -13,15 +13,23 @@
 //           table by the bijection row = (rank * 2654435761 + shift) mod rows
 //           (2654435761 is a prime larger than any table here, hence coprime
 //           with rows), so that hot rows are not neighbours in memory.
+//  hot30    one row takes 30% of the lookups, the rest are Zipf(1.05): if
+//           u_i < 0.3 the rank is 0; otherwise u' = (u_i - 0.3) / 0.7 and the
+//           rank is the first r >= 1 whose cumulative weight exceeds
+//           w_0 + u' * (total - w_0) (Zipf(1.05) over ranks 1..rows-1). Same
+//           scatter. The backward's worst case for a per-row reduction.
 #pragma once
 
 #include <cstdint>
 
 namespace spembed_bench {
 
-enum class Dist { kUniform, kZipf105, kZipf120 };
+enum class Dist { kUniform, kZipf105, kZipf120, kHot30 };
 
-const char* dist_name(Dist dist);  // "uniform", "zipf1.05", "zipf1.2"
+const char* dist_name(Dist dist);  // "uniform", "zipf1.05", "zipf1.2", "hot30"
+
+// Share of the lookups of hot30's hot row.
+constexpr double kHotShare = 0.3;
 
 // The multiplier of the rank-to-row bijection (see above).
 constexpr uint64_t kRankScatter = 2654435761ull;

@@ -34,6 +34,7 @@ GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 RANK_SCATTER = 2654435761
+HOT_SHARE = 0.3  # the hot row's share of the lookups in the "hot30" ids
 MIXED_DIMS = [16, 32, 48, 64, 96, 128, 192, 256]
 WARMUP = 3
 DEFAULT_ITERS = 50
@@ -83,9 +84,16 @@ def make_ids(torch, shape, dist, device):
         if dist == "uniform":
             ids = (u * rows).to(torch.int64).clamp_(max=rows - 1)
         else:
-            alpha = 1.05 if dist == "zipf1.05" else 1.2
+            alpha = 1.2 if dist == "zipf1.2" else 1.05
             cum = zipf_cumulative(torch, rows, alpha, device)
-            rank = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(max=rows - 1)
+            if dist == "hot30":
+                # HOT_SHARE of the lookups on rank 0, the rest Zipf(1.05) over
+                # ranks 1.. (id_sampler.h).
+                target = cum[0] + (u - HOT_SHARE) / (1.0 - HOT_SHARE) * (cum[-1] - cum[0])
+                rank = torch.searchsorted(cum, target, right=True).clamp_(max=rows - 1)
+                rank = torch.where(u < HOT_SHARE, torch.zeros_like(rank), rank)
+            else:
+                rank = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(max=rows - 1)
             ids = (rank * RANK_SCATTER + t) % rows
         parts.append(ids)
     return parts

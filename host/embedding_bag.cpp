@@ -10,17 +10,13 @@
 #include <memory>
 
 #include "host/data_checks.h"
+#include "host/embedding_bag_common.h"
 #include "host/errors.h"
 #include "host/handle.h"
 #include "host/tensor_checks.h"
 #include "kernels/embedding_bag_forward.h"
 
 namespace spembed::detail {
-namespace {
-
-constexpr DLDataType kFloat32{kDLFloat, 32, 1};
-constexpr DLDataType kInt64{kDLInt, 64, 1};
-constexpr size_t kWorkspaceAlignment = 16;  // the check record is updated with 8-byte atomics
 
 spembed_status_t check_handle(spembed_handle_t handle) {
   if (handle == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "handle: must not be NULL");
@@ -57,7 +53,6 @@ spembed_status_t resolve_options(const spembed_embedding_bag_options_t* given,
   return SPEMBED_STATUS_SUCCESS;
 }
 
-// Describes one table view; fails if it is not a usable table.
 spembed_status_t describe_table(const DLTensor& table, const char* name, DType* dtype,
                                 TableMeta* meta) {
   SPEMBED_RETURN_IF_ERROR(check_float_dtype(table, name, dtype));
@@ -76,6 +71,101 @@ spembed_status_t describe_table(const DLTensor& table, const char* name, DType* 
   meta->dim = static_cast<int32_t>(dim);
   return SPEMBED_STATUS_SUCCESS;
 }
+
+spembed_status_t check_lookup_inputs(DLDevice device, int64_t num_tables, const DLTensor* indices,
+                                     const DLTensor* offsets, const DLTensor* weights,
+                                     const spembed_embedding_bag_options_t& options,
+                                     EmbeddingBagForwardParams* p) {
+  const bool none = options.pooling == SPEMBED_POOLING_NONE;
+  if (indices == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "indices: must not be NULL");
+  SPEMBED_RETURN_IF_ERROR(check_same_device(*indices, "indices", device));
+  SPEMBED_RETURN_IF_ERROR(check_index_dtype(*indices, "indices", &p->index_type));
+  SPEMBED_RETURN_IF_ERROR(check_vector(*indices, "indices", -1));
+  SPEMBED_RETURN_IF_ERROR(check_data(*indices, "indices", &p->indices));
+  p->nnz = indices->shape[0];
+
+  const int64_t L = options.fixed_bag_size;
+  int64_t total_bags = 0;
+  if (L > 0) {
+    if (offsets != nullptr) {
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                  "offsets: must be NULL when options.fixed_bag_size > 0 (bags are implied)");
+    }
+    if (L > INT32_MAX || p->nnz % (L * num_tables) != 0) {
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                  "indices: nnz=%" PRId64 " is not a multiple of fixed_bag_size=%" PRId64
+                  " x num_tables=%" PRId64,
+                  p->nnz, L, num_tables);
+    }
+    total_bags = p->nnz / L;
+  } else if (offsets != nullptr) {
+    SPEMBED_RETURN_IF_ERROR(check_same_device(*offsets, "offsets", device));
+    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*offsets, "offsets", indices->dtype,
+                                           "the dtype of indices"));
+    SPEMBED_RETURN_IF_ERROR(check_vector(*offsets, "offsets", -1));
+    if (offsets->shape[0] < 1) {
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "offsets: must hold bags + 1 >= 1 entries");
+    }
+    SPEMBED_RETURN_IF_ERROR(check_data(*offsets, "offsets", &p->offsets));
+    total_bags = offsets->shape[0] - 1;
+    if (total_bags % num_tables != 0) {
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                  "offsets: %" PRId64 " bags is not a multiple of num_tables=%" PRId64
+                  " (offsets must be [num_tables * B + 1])",
+                  total_bags, num_tables);
+    }
+  } else if (!none) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                "offsets: must not be NULL unless options.fixed_bag_size > 0 or pooling is NONE");
+  }
+  p->fixed_bag_size = L;
+  p->num_tables = num_tables;
+  p->bags_per_table = total_bags / num_tables;
+
+  if (weights != nullptr) {
+    if (options.pooling != SPEMBED_POOLING_SUM && !none) {
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                  "per_sample_weights: only allowed with SUM or NONE pooling");
+    }
+    SPEMBED_RETURN_IF_ERROR(check_same_device(*weights, "per_sample_weights", device));
+    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*weights, "per_sample_weights", kFloat32, "float32"));
+    SPEMBED_RETURN_IF_ERROR(check_vector(*weights, "per_sample_weights", p->nnz));
+    const void* data = nullptr;
+    SPEMBED_RETURN_IF_ERROR(check_data(*weights, "per_sample_weights", &data));
+    p->weights = static_cast<const float*>(data);
+  }
+  return SPEMBED_STATUS_SUCCESS;
+}
+
+spembed_status_t check_report(DLTensor* report, DLDevice device, int64_t** data) {
+  if (report == nullptr) return SPEMBED_STATUS_SUCCESS;
+  SPEMBED_RETURN_IF_ERROR(check_same_device(*report, "report", device));
+  SPEMBED_RETURN_IF_ERROR(check_dtype_is(*report, "report", kInt64, "int64"));
+  SPEMBED_RETURN_IF_ERROR(check_vector(*report, "report", SPEMBED_REPORT_SIZE));
+  const void* pointer = nullptr;
+  SPEMBED_RETURN_IF_ERROR(check_data(*report, "report", &pointer));
+  *data = static_cast<int64_t*>(const_cast<void*>(pointer));
+  return SPEMBED_STATUS_SUCCESS;
+}
+
+spembed_status_t check_cuda_workspace(void* workspace, size_t workspace_bytes, size_t needed,
+                                      const char* query) {
+  if (workspace_bytes < needed) {
+    return fail(SPEMBED_STATUS_WORKSPACE_TOO_SMALL,
+                "workspace: %zu bytes given, %zu needed (see %s)", workspace_bytes, needed,
+                query);
+  }
+  if (workspace == nullptr && needed > 0) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "workspace: must not be NULL on CUDA");
+  }
+  if (reinterpret_cast<uintptr_t>(workspace) % kWorkspaceAlignment != 0) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "workspace: must be aligned to %zu bytes",
+                kWorkspaceAlignment);
+  }
+  return SPEMBED_STATUS_SUCCESS;
+}
+
+namespace {
 
 bool rows_16b_aligned(const TableMeta& t, DType dtype) {
   const int64_t bytes = dtype_bytes(dtype);
@@ -111,63 +201,8 @@ spembed_status_t prepare(const TableSide& side, const DLTensor* indices, const D
   const bool none = options.pooling == SPEMBED_POOLING_NONE;
   if (indices == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "indices: must not be NULL");
   if (out.output == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "output: must not be NULL");
-
-  SPEMBED_RETURN_IF_ERROR(check_same_device(*indices, "indices", side.device));
-  SPEMBED_RETURN_IF_ERROR(check_index_dtype(*indices, "indices", &p->index_type));
-  SPEMBED_RETURN_IF_ERROR(check_vector(*indices, "indices", -1));
-  SPEMBED_RETURN_IF_ERROR(check_data(*indices, "indices", &p->indices));
-  p->nnz = indices->shape[0];
-
-  const int64_t L = options.fixed_bag_size;
-  int64_t total_bags = 0;
-  if (L > 0) {
-    if (offsets != nullptr) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "offsets: must be NULL when options.fixed_bag_size > 0 (bags are implied)");
-    }
-    if (L > INT32_MAX || p->nnz % (L * side.num_tables) != 0) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "indices: nnz=%" PRId64 " is not a multiple of fixed_bag_size=%" PRId64
-                  " x num_tables=%" PRId64,
-                  p->nnz, L, side.num_tables);
-    }
-    total_bags = p->nnz / L;
-  } else if (offsets != nullptr) {
-    SPEMBED_RETURN_IF_ERROR(check_same_device(*offsets, "offsets", side.device));
-    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*offsets, "offsets", indices->dtype,
-                                           "the dtype of indices"));
-    SPEMBED_RETURN_IF_ERROR(check_vector(*offsets, "offsets", -1));
-    if (offsets->shape[0] < 1) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "offsets: must hold bags + 1 >= 1 entries");
-    }
-    SPEMBED_RETURN_IF_ERROR(check_data(*offsets, "offsets", &p->offsets));
-    total_bags = offsets->shape[0] - 1;
-    if (total_bags % side.num_tables != 0) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "offsets: %" PRId64 " bags is not a multiple of num_tables=%" PRId64
-                  " (offsets must be [num_tables * B + 1])",
-                  total_bags, side.num_tables);
-    }
-  } else if (!none) {
-    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                "offsets: must not be NULL unless options.fixed_bag_size > 0 or pooling is NONE");
-  }
-  p->fixed_bag_size = L;
-  p->num_tables = side.num_tables;
-  p->bags_per_table = total_bags / side.num_tables;
-
-  if (weights != nullptr) {
-    if (options.pooling != SPEMBED_POOLING_SUM && !none) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "per_sample_weights: only allowed with SUM or NONE pooling");
-    }
-    SPEMBED_RETURN_IF_ERROR(check_same_device(*weights, "per_sample_weights", side.device));
-    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*weights, "per_sample_weights", kFloat32, "float32"));
-    SPEMBED_RETURN_IF_ERROR(check_vector(*weights, "per_sample_weights", p->nnz));
-    const void* data = nullptr;
-    SPEMBED_RETURN_IF_ERROR(check_data(*weights, "per_sample_weights", &data));
-    p->weights = static_cast<const float*>(data);
-  }
+  SPEMBED_RETURN_IF_ERROR(
+      check_lookup_inputs(side.device, side.num_tables, indices, offsets, weights, options, p));
 
   const int64_t out_rows = none ? p->nnz : p->bags_per_table;
   SPEMBED_RETURN_IF_ERROR(check_same_device(*out.output, "output", side.device));
@@ -192,29 +227,12 @@ spembed_status_t prepare(const TableSide& side, const DLTensor* indices, const D
     p->argmax = const_cast<void*>(data);
   }
 
-  if (out.report != nullptr) {
-    SPEMBED_RETURN_IF_ERROR(check_same_device(*out.report, "report", side.device));
-    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*out.report, "report", kInt64, "int64"));
-    SPEMBED_RETURN_IF_ERROR(check_vector(*out.report, "report", SPEMBED_REPORT_SIZE));
-    const void* data = nullptr;
-    SPEMBED_RETURN_IF_ERROR(check_data(*out.report, "report", &data));
-    p->report = static_cast<int64_t*>(const_cast<void*>(data));
-  }
+  SPEMBED_RETURN_IF_ERROR(check_report(out.report, side.device, &p->report));
 
   if (side.device.device_type == kDLCUDA) {
-    if (workspace_bytes < kForwardWorkspaceBytes) {
-      return fail(SPEMBED_STATUS_WORKSPACE_TOO_SMALL,
-                  "workspace: %zu bytes given, %zu needed (see "
-                  "spembed_embedding_bag_forward_workspace_size)",
-                  workspace_bytes, kForwardWorkspaceBytes);
-    }
-    if (workspace == nullptr) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "workspace: must not be NULL on CUDA");
-    }
-    if (reinterpret_cast<uintptr_t>(workspace) % kWorkspaceAlignment != 0) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "workspace: must be aligned to %zu bytes",
-                  kWorkspaceAlignment);
-    }
+    SPEMBED_RETURN_IF_ERROR(check_cuda_workspace(workspace, workspace_bytes,
+                                                 kForwardWorkspaceBytes,
+                                                 "spembed_embedding_bag_forward_workspace_size"));
     p->workspace = workspace;
   }
 
@@ -240,22 +258,8 @@ spembed_status_t run(const EmbeddingBagForwardParams& p, const TableSide& side,
     return SPEMBED_STATUS_SUCCESS;
   }
   // Launch on the tensors' device even if the caller's current device differs.
-  int current = -1;
-  cudaError_t status = cudaGetDevice(&current);
-  if (status == cudaSuccess && current != side.device.device_id) {
-    status = cudaSetDevice(side.device.device_id);
-  }
-  if (status != cudaSuccess) {
-    return fail(SPEMBED_STATUS_CUDA_ERROR, "cuda:%d: cannot make it the current device: %s",
-                side.device.device_id, cudaGetErrorString(status));
-  }
-  const int error = embedding_bag_forward_cuda(p, stream);
-  if (current != side.device.device_id) cudaSetDevice(current);
-  if (error != 0) {
-    return fail(SPEMBED_STATUS_CUDA_ERROR, "CUDA launch failed: %s",
-                cudaGetErrorString(static_cast<cudaError_t>(error)));
-  }
-  return SPEMBED_STATUS_SUCCESS;
+  return launch_on_device(side.device.device_id,
+                          [&] { return embedding_bag_forward_cuda(p, stream); });
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Markdown tables from spembed_bench's JSON (and torch_embedding_bag.py's).
+"""Markdown tables from spembed_bench's JSON (and the torch scripts').
 
 Usage:
-  bench_report.py SPEMBED_JSON [--torch TORCH_JSON] [-o OUT.md]
+  bench_report.py SPEMBED_JSON [--torch TORCH_JSON] [--torch-backward TORCH_BWD_JSON]
+                  [-o OUT.md]
 
 SPEMBED_JSON is Google Benchmark's output of spembed_bench
 (--benchmark_out=FILE --benchmark_out_format=json). Each case (shape, ids,
@@ -11,6 +12,15 @@ dtype, pooling) gets one row per peer: median time, GB/s by the byte model,
 peer's time over spembed's; on spembed's own row, over the fastest other
 peer). Torch rows are rescaled to spembed_bench's copy bandwidth so the
 column compares like with like. A second table checks the issue's targets.
+
+The backward's benchmarks (names ebb/...) get their own tables: each case
+(shape, ids, output: grad, rows, or an optimizer) one row per peer (spembed =
+deterministic, spembed_atomic, stock, torch_dense, torch_sparse from
+torch_embedding_bag_backward.py), and the backward's targets: deterministic
+backward + row-wise Adagrad >= 60% of copy bandwidth on the large uniform
+shapes; deterministic within 1.15x the atomic path's time (dense gradient,
+every ids distribution); >= 3x PyTorch's backward + optimizer step (the faster
+of its dense and sparse=True variants) on every shape.
 """
 
 import argparse
@@ -23,19 +33,27 @@ LARGE_BYTES = 64e6
 LARGE_TARGET_PCT = 85.0
 SMALL_DIM_TARGET_PCT = 70.0
 TORCH_TARGET_SPEEDUP = 1.5
-PEER_ORDER = {"spembed": 0, "cusparse": 1, "naive": 2, "torch": 3}
+PEER_ORDER = {"spembed": 0, "spembed_atomic": 1, "cusparse": 2, "naive": 3, "stock": 4,
+              "torch": 5, "torch_dense": 6, "torch_sparse": 7}
+# Backward targets.
+BWD_ROWWISE_TARGET_PCT = 60.0
+BWD_ATOMIC_RATIO = 1.15
+BWD_TORCH_TARGET_SPEEDUP = 3.0
+OPTIMIZER_OUTPUTS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
 
 def load_spembed(path):
+    """(context, forward rows, backward rows)."""
     with open(path) as f:
         data = json.load(f)
     context = data.get("context", {})
     rows = []
+    bwd_rows = []
     for b in data.get("benchmarks", []):
         if b.get("run_type", "iteration") != "iteration":
             continue
         parts = b["name"].split("/")
-        if len(parts) < 6 or parts[0] not in ("eb", "eb_cpu"):
+        if len(parts) < 6 or parts[0] not in ("eb", "eb_cpu", "ebb", "ebb_cpu"):
             continue
         row = {"case": "/".join(parts[1:5]), "peer": parts[5], "label": b.get("label", "")}
         if b.get("error_occurred"):
@@ -43,8 +61,8 @@ def load_spembed(path):
         else:
             row.update(us=b["us"], GBps=b["GBps"], pct_copy_bw=b["pct_copy_bw"],
                        model_bytes=b.get("model_bytes", 0.0))
-        rows.append(row)
-    return context, rows
+        (bwd_rows if parts[0].startswith("ebb") else rows).append(row)
+    return context, rows, bwd_rows
 
 
 def load_torch(path, copy_gbps, rows_by_case):
@@ -53,6 +71,9 @@ def load_torch(path, copy_gbps, rows_by_case):
     out = []
     for r in data.get("results", []):
         row = dict(r)
+        if "error" in row:
+            out.append(row)
+            continue
         if copy_gbps:
             row["pct_copy_bw"] = 100.0 * row["GBps"] / copy_gbps
         same_case = rows_by_case.get(row["case"], [])
@@ -69,15 +90,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("spembed_json")
     parser.add_argument("--torch", help="torch_embedding_bag.py --json output")
+    parser.add_argument("--torch-backward",
+                        help="torch_embedding_bag_backward.py --json output")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args()
 
     try:
-        context, rows = load_spembed(args.spembed_json)
+        context, rows, bwd_rows = load_spembed(args.spembed_json)
     except (OSError, ValueError) as e:
         print(f"bench_report: cannot read {args.spembed_json}: {e}", file=sys.stderr)
         return 1
-    if not rows:
+    if not rows and not bwd_rows:
         print(f"bench_report: no embedding bag results in {args.spembed_json}", file=sys.stderr)
         return 1
     copy_gbps = float(context.get("copy_GBps", 0.0) or 0.0)
@@ -93,15 +116,41 @@ def main():
             torch_rows = []
         for r in torch_rows:
             by_case.setdefault(r["case"], []).append(r)
+    bwd_by_case = {}
+    for r in bwd_rows:
+        bwd_by_case.setdefault(r["case"], []).append(r)
+    torch_bwd_info = None
+    if args.torch_backward:
+        try:
+            torch_bwd_info, torch_bwd_rows = load_torch(args.torch_backward, copy_gbps,
+                                                        bwd_by_case)
+        except (OSError, ValueError) as e:
+            print(f"warning: torch backward results not read: {e}", file=sys.stderr)
+            torch_bwd_rows = []
+        for r in torch_bwd_rows:
+            if r.get("case") in bwd_by_case or not bwd_rows:
+                bwd_by_case.setdefault(r["case"], []).append(r)
 
     lines = []
+    torch_version = (torch_info or torch_bwd_info or {}).get("torch")
     lines.append(f"Device: {context.get('device', context.get('host_name', '?'))}; "
                  f"path: {context.get('path', '?')}; copy bandwidth {fmt(copy_gbps, 0)} GB/s "
                  f"(read + write)"
-                 + (f"; torch {torch_info.get('torch')}" if torch_info else ""))
+                 + (f"; torch {torch_version}" if torch_version else ""))
     lines.append("")
-    lines.append(f"Byte model: {context.get('byte_model', '?')}.")
     lines.append(f"Timing: {context.get('timing', '?')}.")
+    lines.append("")
+    gpu = context.get("path", "").startswith("gpu")
+    if rows:
+        lines.extend(forward_section(context, by_case, torch_info is not None, gpu))
+    if bwd_rows:
+        lines.extend(backward_section(context, bwd_by_case, torch_bwd_info is not None, gpu))
+    return write(args.output, lines)
+
+
+def forward_section(context, by_case, have_torch, gpu):
+    lines = ["### Forward", ""]
+    lines.append(f"Byte model: {context.get('byte_model', '?')}.")
     lines.append("")
     lines.append("| shape | ids | dtype | pool | peer | us | GB/s | % copy BW | spembed speedup |")
     lines.append("|---|---|---|---|---|---:|---:|---:|---|")
@@ -126,13 +175,17 @@ def main():
                 speedup = f"{best['us'] / mine['us']:.2f}x vs {best['peer']}"
             lines.append(f"| {shape} | {dist} | {dtype} | {pool} | {peer} | {fmt(r['us'])} | "
                          f"{fmt(r['GBps'])} | {fmt(r['pct_copy_bw'])} | {speedup} |")
-        checks.extend(target_checks(case, mine, case_rows, torch_info is not None))
+        checks.extend(target_checks(case, mine, case_rows, have_torch))
+    lines.extend(targets_table(checks, gpu))
+    return lines
 
-    if not context.get("path", "").startswith("gpu"):
-        lines.append("")
+
+def targets_table(checks, gpu):
+    lines = [""]
+    if not gpu:
         lines.append("CPU smoke run on reduced shapes: the issue's targets apply to GPU runs only.")
-        return write(args.output, lines)
-    lines.append("")
+        lines.append("")
+        return lines
     lines.append("Targets (from the issue):")
     lines.append("")
     lines.append("| case | target | value | met |")
@@ -144,8 +197,77 @@ def main():
     met = sum(1 for c in judged if c[3])
     lines.append("")
     lines.append(f"{met} of {len(judged)} target checks met"
-                 f" ({len(checks) - len(judged)} not judged: the peer has no result).")
-    return write(args.output, lines)
+                 f" ({len(checks) - len(judged)} not judged: a peer has no result, or the "
+                 f"case did not fit in memory).")
+    lines.append("")
+    return lines
+
+
+def backward_section(context, by_case, have_torch, gpu):
+    lines = ["### Backward", ""]
+    lines.append(context.get("backward_byte_model", "Backward byte model: ?").strip())
+    lines.append("")
+    lines.append("| shape | ids | output | peer | us | GB/s | % copy BW | spembed speedup |")
+    lines.append("|---|---|---|---|---:|---:|---:|---|")
+    checks = []
+    for case, case_rows in by_case.items():
+        shape, dist, _dtype, what = case.split("/")
+        case_rows.sort(key=lambda r: PEER_ORDER.get(r["peer"], 9))
+        ok_rows = [r for r in case_rows if "error" not in r]
+        mine = next((r for r in ok_rows if r["peer"] == "spembed"), None)
+        others = [r for r in ok_rows if not r["peer"].startswith("spembed")]
+        for r in case_rows:
+            peer = r["peer"] + (f" ({r['label']})" if r.get("label") else "")
+            if "error" in r:
+                lines.append(f"| {shape} | {dist} | {what} | {peer} | {r['error']} | | | |")
+                continue
+            speedup = ""
+            if mine is not None and r is not mine:
+                speedup = f"{r['us'] / mine['us']:.2f}x"
+            elif mine is not None and others:
+                best = min(others, key=lambda o: o["us"])
+                speedup = f"{best['us'] / mine['us']:.2f}x vs {best['peer']}"
+            lines.append(f"| {shape} | {dist} | {what} | {peer} | {fmt(r['us'])} | "
+                         f"{fmt(r['GBps'])} | {fmt(r['pct_copy_bw'])} | {speedup} |")
+        checks.extend(backward_checks(case, mine, case_rows, have_torch))
+    lines.extend(targets_table(checks, gpu))
+    return lines
+
+
+def backward_checks(case, mine, rows, have_torch):
+    """(case, target, value, met) of the backward's targets for one case."""
+    shape, dist, _dtype, what = case.split("/")
+    if mine is None:
+        err = next((r["error"] for r in rows if r["peer"] == "spembed" and "error" in r),
+                   "no result")
+        # A case the device has no memory for is not judged.
+        return [(case, "spembed ran", err, None if "cannot allocate" in err else False)]
+    out = []
+    if what == "rowwise_adagrad" and dist == "uniform" and mine.get("model_bytes", 0.0) >= \
+            LARGE_BYTES:
+        out.append((case, f">= {BWD_ROWWISE_TARGET_PCT:.0f}% of copy BW (large, uniform)",
+                    f"{mine['pct_copy_bw']:.1f}%",
+                    mine["pct_copy_bw"] >= BWD_ROWWISE_TARGET_PCT))
+    if what == "grad":
+        atomic = next((r for r in rows if r["peer"] == "spembed_atomic"), None)
+        target = f"deterministic <= {BWD_ATOMIC_RATIO}x atomic time"
+        if atomic is None or "error" in atomic:
+            out.append((case, target, "atomic: " + (atomic or {}).get("error", "no result"),
+                        None))
+        else:
+            ratio = mine["us"] / atomic["us"]
+            out.append((case, target, f"{ratio:.2f}x", ratio <= BWD_ATOMIC_RATIO))
+    if what in OPTIMIZER_OUTPUTS and have_torch:
+        torch_rows = [r for r in rows if r["peer"].startswith("torch") and "error" not in r]
+        target = f">= {BWD_TORCH_TARGET_SPEEDUP:.0f}x torch backward + step (faster variant)"
+        if not torch_rows:
+            out.append((case, target, "no torch result", None))
+        else:
+            best = min(torch_rows, key=lambda r: r["us"])
+            s = best["us"] / mine["us"]
+            out.append((case, target, f"{s:.2f}x vs {best['peer']}",
+                        s >= BWD_TORCH_TARGET_SPEEDUP))
+    return out
 
 
 def write(path, lines):

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build for sm_90, run the GPU tests, run them again
-# under compute-sanitizer memcheck, run spembed_bench and the PyTorch peer, and
-# write a markdown report. Each step runs even if an earlier one failed (when
-# it can: no binary, no run); the script exits non-zero if any step failed.
+# under compute-sanitizer memcheck, run spembed_bench and the PyTorch peers
+# (forward and backward), and write a markdown report. Each step runs even if
+# an earlier one failed (when it can: no binary, no run); the script exits
+# non-zero if any step failed.
 #
 # Usage: scripts/device_check.sh            (from anywhere; runs in the repo)
 # Environment:
@@ -69,11 +70,13 @@ if [[ -n ${OUT:-} ]]; then
   report=$OUT/report.md
   bench_json=$OUT/spembed_bench.json
   torch_json=$OUT/torch_embedding_bag.json
+  torch_bwd_json=$OUT/torch_embedding_bag_backward.json
 else
   out_dir=$repo/$build_dir/device_check
   report=$repo/benchmarks/results/$stamp-$slug.md
   bench_json=$repo/benchmarks/results/$stamp-$slug-spembed.json
   torch_json=$repo/benchmarks/results/$stamp-$slug-torch.json
+  torch_bwd_json=$repo/benchmarks/results/$stamp-$slug-torch-backward.json
 fi
 mkdir -p "$out_dir" "$(dirname "$report")"
 build_log=$out_dir/build.log
@@ -298,7 +301,7 @@ if [[ $have_benchmark == no ]]; then
 elif [[ ! -x $bench_bin ]]; then
   record spembed_bench fail "not built"
 else
-  limit=$(step_limit 240 100)
+  limit=$(step_limit 240 160)
   log "spembed_bench (at most ${limit}s)"
   timeout -k 5 "$limit" "$bench_bin" --benchmark_out="$bench_json" \
     --benchmark_out_format=json "${bench_args[@]}" 2>&1 | tee -a "$bench_log"
@@ -313,7 +316,7 @@ else
   fi
 fi
 
-limit=$(step_limit 150 15)
+limit=$(step_limit 120 75)
 if ((limit < 20)); then
   record torch_embedding_bag fail "no time left"
 else
@@ -331,6 +334,24 @@ else
   fi
 fi
 
+limit=$(step_limit 150 15)
+if ((limit < 20)); then
+  record torch_embedding_bag_backward fail "no time left"
+else
+  log "torch_embedding_bag_backward.py (at most ${limit}s)"
+  rm -f "$torch_bwd_json"
+  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 benchmarks/torch_embedding_bag_backward.py \
+    --json "$torch_bwd_json" 2>&1 | tee -a "$bench_log"
+  rc=${PIPESTATUS[0]}
+  if ((rc != 0)); then
+    record torch_embedding_bag_backward fail "exit $rc (124: out of time)"
+  elif [[ ! -f $torch_bwd_json ]]; then
+    record torch_embedding_bag_backward skip "PyTorch or CUDA not available to it"
+  else
+    record torch_embedding_bag_backward pass ""
+  fi
+fi
+
 # ---- 7. report -------------------------------------------------------------------------
 commit=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo "unknown (no commit / no git metadata)")
 dirty_files=$(git -C "$repo" status --porcelain 2>/dev/null | wc -l)
@@ -338,6 +359,7 @@ table=""
 if [[ -f $bench_json ]]; then
   torch_arg=()
   [[ -f $torch_json ]] && torch_arg=(--torch "$torch_json")
+  [[ -f $torch_bwd_json ]] && torch_arg+=(--torch-backward "$torch_bwd_json")
   table=$(python3 scripts/bench_report.py "$bench_json" "${torch_arg[@]}" 2>&1) ||
     record report fail "bench_report.py failed"
 fi
@@ -361,7 +383,7 @@ fi
     echo "| $name | $status | $detail |"
   done
   echo
-  echo "## Embedding bag forward"
+  echo "## Embedding bag forward and backward"
   echo
   if [[ -n $table ]]; then echo "$table"; else echo "No benchmark results."; fi
 } >"$report"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The README's main job: build spembed and spembed_bench, run the embedding bag
-# benchmark and print its markdown report. On a GPU: the issue's shapes, spembed
-# against cuSPARSE SpMM and a naive kernel, plus F.embedding_bag when PyTorch
+# benchmarks and print their markdown report. On a GPU: the issue's shapes,
+# the forward against cuSPARSE SpMM and a naive kernel, the backward (alone and
+# with each fused optimizer) against its atomic path and a stock atomicAdd
+# kernel, plus PyTorch's forward and backward + optimizer step when PyTorch
 # sees the GPU. Without a GPU the binary says so plainly and runs the CPU path
-# on reduced shapes (about 10 s on two cores).
+# on reduced shapes (under a minute on two cores).
 #
 # Usage: scripts/main.sh [spembed_bench flags, e.g. --iters=20 --benchmark_filter=...]
 # Results: $BENCH_OUT (default $BUILD_DIR/bench): spembed_bench.json,
-# torch_embedding_bag.json (GPU + PyTorch only) and report.md.
+# torch_embedding_bag.json and torch_embedding_bag_backward.json (GPU +
+# PyTorch only) and report.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$SPEMBED_ROOT/scripts/setup_deps.sh"
@@ -21,8 +24,13 @@ mkdir -p "$out_dir"
 # Writes its JSON only when PyTorch and a CUDA device are there.
 rm -f "$out_dir/torch_embedding_bag.json"
 python3 "$SPEMBED_ROOT/benchmarks/torch_embedding_bag.py" --json "$out_dir/torch_embedding_bag.json"
+rm -f "$out_dir/torch_embedding_bag_backward.json"
+python3 "$SPEMBED_ROOT/benchmarks/torch_embedding_bag_backward.py" \
+  --json "$out_dir/torch_embedding_bag_backward.json"
 torch_args=()
 [ -f "$out_dir/torch_embedding_bag.json" ] && torch_args=(--torch "$out_dir/torch_embedding_bag.json")
+[ -f "$out_dir/torch_embedding_bag_backward.json" ] &&
+  torch_args+=(--torch-backward "$out_dir/torch_embedding_bag_backward.json")
 
 python3 "$SPEMBED_ROOT/scripts/bench_report.py" "$out_dir/spembed_bench.json" "${torch_args[@]}" \
   -o "$out_dir/report.md"

@@ -189,6 +189,143 @@ spembed_status_t spembed_embedding_bag_batched_forward(
     const spembed_embedding_bag_options_t* options, DLTensor* output, DLTensor* argmax,
     DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream);
 
+/* ---- embedding bag backward ------------------------------------------------- */
+
+/* How the gradient is reduced per table row.
+ *  DETERMINISTIC (default): ids are sorted by row (radix sort over only the
+ *    bits the row count needs); each row's gradient is summed in the order of
+ *    its ids' positions; no floating-point atomics. Bitwise identical results
+ *    run to run, on the same inputs and device.
+ *  ATOMIC: the dense gradient (a) is accumulated with float atomics, without
+ *    a sort: same values up to rounding order. Outputs (b) and (c) need the
+ *    rows grouped, so they always use the sorted reduction.
+ * Summation order of the deterministic path (the CPU implementation uses the
+ * same, so the two agree bitwise): a row's contributions in increasing
+ * position of their ids, in consecutive chunks of SPEMBED_BACKWARD_CHUNK
+ * contributions; each chunk summed sequentially in float32 from 0, then the
+ * chunk sums added sequentially; then, for (a), added to grad_table once. */
+#define SPEMBED_BACKWARD_CHUNK 256
+typedef enum spembed_backward_algorithm {
+  SPEMBED_BACKWARD_DETERMINISTIC = 0,
+  SPEMBED_BACKWARD_ATOMIC = 1
+} spembed_backward_algorithm_t;
+
+/* Fused optimizer step on the touched rows only (rows no id touched are left
+ * alone, like torch.optim.SparseAdam; for SGD and Adagrad this equals the dense
+ * step, since an untouched row's gradient is zero and weight decay is applied
+ * to touched rows only). g is a row's reduced gradient, w its weights,
+ * wd the weight decay, lr the learning rate; g' = g + wd * w.
+ *  SGD:              w -= lr * g'
+ *  ADAGRAD:          s += g'^2 (element-wise state [rows, dim]); w -= lr * g' / (sqrt(s) + eps)
+ *  ROWWISE_ADAGRAD:  s += mean over the row of g'^2 (state [rows]); w -= lr * g' / (sqrt(s) + eps)
+ *  ADAM:             m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2 (states [rows, dim]);
+ *                    w -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps)
+ * These are torch.optim.SGD / Adagrad (lr_decay 0, initial accumulator in the
+ * state) / Adam (amsgrad off, L2 weight decay) applied to the touched rows.
+ * State is float32. float16 / bfloat16 weights are updated in float32 and
+ * rounded back to nearest, or stochastically when stochastic_rounding is set
+ * (random bits from `seed`, the row and the column: reproducible for one seed). */
+typedef enum spembed_optimizer {
+  SPEMBED_OPTIMIZER_SGD = 0,
+  SPEMBED_OPTIMIZER_ADAGRAD = 1,
+  SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD = 2,
+  SPEMBED_OPTIMIZER_ADAM = 3
+} spembed_optimizer_t;
+
+typedef struct spembed_optimizer_options {
+  spembed_optimizer_t optimizer; /* default SGD */
+  float learning_rate;           /* default 0.01 */
+  float eps;                     /* default 1e-8 (Adam), used by the Adagrads too (torch: 1e-10) */
+  float beta1;                   /* default 0.9 */
+  float beta2;                   /* default 0.999 */
+  float weight_decay;            /* default 0 */
+  int64_t step;                  /* Adam's step count t >= 1 for the bias correction; default 1 */
+  int stochastic_rounding;       /* non-zero: round fp16 / bf16 weights stochastically */
+  uint64_t seed;                 /* of the stochastic rounding */
+} spembed_optimizer_options_t;
+
+void spembed_optimizer_options_init(spembed_optimizer_options_t* options);
+
+/* What the backward of one table reads and writes. Inputs are those of the
+ * forward call; outputs are any non-empty subset of (a)-(d). */
+typedef struct spembed_embedding_bag_backward_args {
+  const DLTensor* indices;            /* as in the forward */
+  const DLTensor* offsets;            /* as in the forward (NULL with fixed_bag_size, or NONE) */
+  const DLTensor* per_sample_weights; /* as in the forward, or NULL */
+  const DLTensor* argmax;             /* MAX: the forward's argmax (required) */
+  const DLTensor* grad_output;        /* shaped like the forward's output, float32 / float16 / bfloat16 */
+
+  /* (a) dense: [rows, dim] float32, the gradient is ADDED to it. */
+  DLTensor* grad_table;
+  /* (b) row-sparse: unique_ids [capacity] (dtype of indices) gets the touched
+   * rows in increasing order, unique_grads [capacity, dim] float32 their
+   * gradients, num_unique int64 [1] their count U (written on the device, no
+   * host sync). capacity >= nnz (the worst case); entries past U are not written. */
+  DLTensor* unique_ids;
+  DLTensor* unique_grads;
+  DLTensor* num_unique;
+  /* The forward's table (required: it gives rows, dim and dtype). (c)
+   * updates it in place; (d) reads it. state1 / state2 as the optimizer
+   * needs (see spembed_optimizer_t), NULL otherwise. */
+  DLTensor* table;
+  DLTensor* state1;
+  DLTensor* state2;
+  const spembed_optimizer_options_t* optimizer; /* non-NULL selects (c) */
+  /* (d) gradient of the per-sample weights [nnz] float32 (SUM or NONE; needs
+   * `table` as read before any optimizer step of this call). */
+  DLTensor* grad_per_sample_weights;
+} spembed_embedding_bag_backward_args_t;
+
+/* Bytes of workspace the backward needs for `nnz` ids of `index_dtype` into
+ * a table of `rows` x `dim` (0 on the CPU). The same for every output set and
+ * both algorithms. It grows with nnz (sort and run buffers, about 50 bytes per
+ * id with 32-bit positions) and with nnz * dim / 32 bytes for the partial sums
+ * of rows hit more than SPEMBED_BACKWARD_CHUNK times. 256-byte aligned. */
+spembed_status_t spembed_embedding_bag_backward_workspace_size(
+    spembed_handle_t handle, DLDeviceType device_type, DLDataType index_dtype, int64_t nnz,
+    int64_t rows, int64_t dim, spembed_backward_algorithm_t algorithm, size_t* bytes);
+
+/* Backward of spembed_embedding_bag_forward. `options` must be the forward's.
+ * padding_idx rows get no gradient; out-of-range ids follow options.bounds_policy
+ * as in the forward (reported the same way through `report`, may be NULL). */
+spembed_status_t spembed_embedding_bag_backward(
+    spembed_handle_t handle, const spembed_embedding_bag_backward_args_t* args,
+    const spembed_embedding_bag_options_t* options, spembed_backward_algorithm_t algorithm,
+    DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream);
+
+/* Backward of the table-batched forward. Per-table outputs are arrays of T
+ * views in the batch's table order; the batch's tables are what (c) updates
+ * and (d) reads. (b) uses linearized rows: row r of table t is
+ * r + (rows of tables 0..t-1); unique_grads is [capacity, max dim] float32 and
+ * a row of a narrower table has zeros past its dim. */
+typedef struct spembed_embedding_bag_batched_backward_args {
+  const DLTensor* indices;
+  const DLTensor* offsets;
+  const DLTensor* per_sample_weights;
+  const DLTensor* argmax;       /* MAX: the forward's argmax [B, total_dim] */
+  const DLTensor* grad_output;  /* [B, total_dim] */
+  DLTensor* grad_tables;        /* (a) T views [rows_t, dim_t] float32, or NULL */
+  DLTensor* unique_ids;         /* (b) [capacity] int64 linearized rows, or NULL */
+  DLTensor* unique_grads;       /* (b) [capacity, max dim] float32 */
+  DLTensor* num_unique;         /* (b) int64 [1] */
+  DLTensor* states1;            /* (c) T views, or NULL */
+  DLTensor* states2;            /* (c) T views (Adam), or NULL */
+  const spembed_optimizer_options_t* optimizer; /* non-NULL selects (c) */
+  DLTensor* grad_per_sample_weights; /* (d) [nnz] float32, or NULL */
+} spembed_embedding_bag_batched_backward_args_t;
+
+/* The workspace of spembed_embedding_bag_batched_backward for `nnz` ids in
+ * all over `batch`'s tables (0 for a CPU batch). */
+spembed_status_t spembed_embedding_bag_batched_backward_workspace_size(
+    spembed_handle_t handle, spembed_table_batch_t batch, DLDataType index_dtype, int64_t nnz,
+    spembed_backward_algorithm_t algorithm, size_t* bytes);
+
+spembed_status_t spembed_embedding_bag_batched_backward(
+    spembed_handle_t handle, spembed_table_batch_t batch,
+    const spembed_embedding_bag_batched_backward_args_t* args,
+    const spembed_embedding_bag_options_t* options, spembed_backward_algorithm_t algorithm,
+    DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -52,6 +52,35 @@ struct ForwardExtras {
   spembed_stream_t stream = nullptr;
 };
 
+struct OptimizerOptions : spembed_optimizer_options_t {
+  OptimizerOptions() { spembed_optimizer_options_init(this); }
+  OptimizerOptions& with_optimizer(spembed_optimizer_t o) { optimizer = o; return *this; }
+  OptimizerOptions& with_learning_rate(float lr) { learning_rate = lr; return *this; }
+  OptimizerOptions& with_eps(float e) { eps = e; return *this; }
+  OptimizerOptions& with_betas(float b1, float b2) { beta1 = b1; beta2 = b2; return *this; }
+  OptimizerOptions& with_weight_decay(float wd) { weight_decay = wd; return *this; }
+  OptimizerOptions& with_step(int64_t t) { step = t; return *this; }
+  OptimizerOptions& with_stochastic_rounding(uint64_t s) {
+    stochastic_rounding = 1;
+    seed = s;
+    return *this;
+  }
+};
+
+// Inputs and outputs of the backward ops: the C structs, value-initialised
+// ({}) to all NULL, then filled by name.
+using EmbeddingBagBackwardArgs = spembed_embedding_bag_backward_args_t;
+using EmbeddingBagBatchedBackwardArgs = spembed_embedding_bag_batched_backward_args_t;
+
+// Optional arguments of the backward ops, by name.
+struct BackwardExtras {
+  spembed_backward_algorithm_t algorithm = SPEMBED_BACKWARD_DETERMINISTIC;
+  DLTensor* report = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  spembed_stream_t stream = nullptr;
+};
+
 class TableBatch;
 
 class Handle {
@@ -80,6 +109,18 @@ class Handle {
     return bytes;
   }
 
+  size_t backward_workspace_size(
+      DLDeviceType device, DLDataType index_dtype, int64_t nnz, int64_t rows, int64_t dim,
+      spembed_backward_algorithm_t algorithm = SPEMBED_BACKWARD_DETERMINISTIC) const {
+    size_t bytes = 0;
+    check(spembed_embedding_bag_backward_workspace_size(handle_, device, index_dtype, nnz, rows,
+                                                        dim, algorithm, &bytes));
+    return bytes;
+  }
+  inline size_t batched_backward_workspace_size(
+      const TableBatch& batch, DLDataType index_dtype, int64_t nnz,
+      spembed_backward_algorithm_t algorithm = SPEMBED_BACKWARD_DETERMINISTIC) const;
+
   void embedding_bag_forward(const DLTensor& table, const DLTensor& indices, DLTensor& output,
                              const EmbeddingBagOptions& options = {},
                              const ForwardExtras& extras = {}) const {
@@ -93,6 +134,19 @@ class Handle {
                                             DLTensor& output,
                                             const EmbeddingBagOptions& options = {},
                                             const ForwardExtras& extras = {}) const;
+
+  void embedding_bag_backward(const EmbeddingBagBackwardArgs& args,
+                              const EmbeddingBagOptions& options = {},
+                              const BackwardExtras& extras = {}) const {
+    check(spembed_embedding_bag_backward(handle_, &args, &options, extras.algorithm,
+                                         extras.report, extras.workspace,
+                                         extras.workspace_bytes, extras.stream));
+  }
+
+  inline void embedding_bag_batched_backward(const TableBatch& batch,
+                                             const EmbeddingBagBatchedBackwardArgs& args,
+                                             const EmbeddingBagOptions& options = {},
+                                             const BackwardExtras& extras = {}) const;
 
  private:
   spembed_handle_t handle_ = nullptr;
@@ -133,6 +187,24 @@ inline void Handle::embedding_bag_batched_forward(const TableBatch& batch,
       handle_, batch.get(), &indices, extras.offsets, extras.per_sample_weights, &options,
       &output, extras.argmax, extras.report, extras.workspace, extras.workspace_bytes,
       extras.stream));
+}
+
+inline size_t Handle::batched_backward_workspace_size(
+    const TableBatch& batch, DLDataType index_dtype, int64_t nnz,
+    spembed_backward_algorithm_t algorithm) const {
+  size_t bytes = 0;
+  check(spembed_embedding_bag_batched_backward_workspace_size(handle_, batch.get(), index_dtype,
+                                                              nnz, algorithm, &bytes));
+  return bytes;
+}
+
+inline void Handle::embedding_bag_batched_backward(const TableBatch& batch,
+                                                   const EmbeddingBagBatchedBackwardArgs& args,
+                                                   const EmbeddingBagOptions& options,
+                                                   const BackwardExtras& extras) const {
+  check(spembed_embedding_bag_batched_backward(handle_, batch.get(), &args, &options,
+                                               extras.algorithm, extras.report, extras.workspace,
+                                               extras.workspace_bytes, extras.stream));
 }
 
 }  // namespace spembed

@@ -1,0 +1,410 @@
+// The CUDA embedding bag backward against the CPU one (and both against the
+// double reference of backward_util.cpp) through the public C API: the same
+// problem runs on CUDA tensors with poisoned outputs and on CPU tensors.
+//  - DETERMINISTIC (a) dense and (b) row-sparse gradients: bitwise equal to
+//    the CPU (the documented chunked order), for both index dtypes and every
+//    grad_output dtype, on uniform, Zipf 1.05 / 1.2 and hot-row ids, empty
+//    bags, bags longer than a block, dims 1 to 257, and table batches.
+//  - ATOMIC (a): within the reference's order-independent bound.
+//  - (c) optimizer and (d) weight gradients: within the reference's bounds
+//    (the CUDA side may reduce in another order).
+//  - 20 runs on CUDA bitwise identical; ERROR / SKIP through the report;
+//    the workspace contract.
+// Every test skips when no device is usable and fails instead when
+// SPEMBED_REQUIRE_GPU=1 (see gpu_util.h).
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backward_util.h"
+#include "gpu_util.h"
+#include "test_util.h"
+
+namespace spembed_test {
+namespace {
+
+// Device copies of a problem's inputs and of one run's outputs.
+class DeviceBackward {
+ public:
+  DeviceBackward(BackwardProblem& bp, const BackwardOutputs& out) {
+    Problem& p = bp.fwd;
+    for (const HostTensor& t : out.tables) tables_.emplace_back(t);
+    indices_ = DeviceTensor(p.indices);
+    if (p.has_offsets) offsets_ = DeviceTensor(p.offsets_t);
+    if (p.spec.weighted) weights_ = DeviceTensor(p.weights_t);
+    if (p.spec.pooling == SPEMBED_POOLING_MAX) argmax_ = DeviceTensor(p.argmax);
+    grad_output_ = DeviceTensor(bp.grad_output);
+    for (const HostTensor& t : out.grad_tables) grad_tables_.emplace_back(t);
+    for (const HostTensor& t : out.states1) states1_.emplace_back(t);
+    for (const HostTensor& t : out.states2) states2_.emplace_back(t);
+    if (bp.spec.sparse) {
+      unique_ids_ = DeviceTensor(out.unique_ids);
+      unique_grads_ = DeviceTensor(out.unique_grads);
+      num_unique_ = DeviceTensor(out.num_unique);
+    }
+    if (bp.spec.weight_grads) grad_weights_ = DeviceTensor(out.grad_weights);
+    report_ = DeviceTensor(out.report);
+
+    for (DeviceTensor& t : tables_) views.tables.push_back(*t.dl());
+    views.indices = indices_.dl();
+    views.offsets = p.has_offsets ? offsets_.dl() : nullptr;
+    views.weights = p.spec.weighted ? weights_.dl() : nullptr;
+    views.argmax = p.spec.pooling == SPEMBED_POOLING_MAX ? argmax_.dl() : nullptr;
+    views.grad_output = grad_output_.dl();
+    for (DeviceTensor& t : grad_tables_) views.grad_tables.push_back(*t.dl());
+    for (DeviceTensor& t : states1_) views.states1.push_back(*t.dl());
+    for (DeviceTensor& t : states2_) views.states2.push_back(*t.dl());
+    if (bp.spec.sparse) {
+      views.unique_ids = unique_ids_.dl();
+      views.unique_grads = unique_grads_.dl();
+      views.num_unique = num_unique_.dl();
+    }
+    if (bp.spec.weight_grads) views.grad_weights = grad_weights_.dl();
+    views.report = report_.dl();
+  }
+  DeviceBackward(const DeviceBackward&) = delete;
+  DeviceBackward& operator=(const DeviceBackward&) = delete;
+
+  void download(BackwardOutputs& out) const {
+    for (size_t t = 0; t < tables_.size(); ++t) tables_[t].download(out.tables[t]);
+    for (size_t t = 0; t < grad_tables_.size(); ++t) grad_tables_[t].download(out.grad_tables[t]);
+    for (size_t t = 0; t < states1_.size(); ++t) states1_[t].download(out.states1[t]);
+    for (size_t t = 0; t < states2_.size(); ++t) states2_[t].download(out.states2[t]);
+    if (views.unique_ids != nullptr) {
+      unique_ids_.download(out.unique_ids);
+      unique_grads_.download(out.unique_grads);
+      num_unique_.download(out.num_unique);
+    }
+    if (views.grad_weights != nullptr) grad_weights_.download(out.grad_weights);
+    report_.download(out.report);
+  }
+
+  BackwardViews views;
+
+ private:
+  std::vector<DeviceTensor> tables_, grad_tables_, states1_, states2_;
+  DeviceTensor indices_, offsets_, weights_, argmax_, grad_output_;
+  DeviceTensor unique_ids_, unique_grads_, num_unique_, grad_weights_, report_;
+};
+
+class BackwardGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SPEMBED_REQUIRE_CUDA_OR_SKIP();
+    handle_ = std::make_unique<Handle>();
+    ASSERT_EQ(handle_->create_status(), SPEMBED_STATUS_SUCCESS) << spembed_last_error();
+  }
+  spembed_handle_t handle() const { return handle_->get(); }
+
+  // The queried workspace: the batched query for batched problems (it
+  // creates v's batch, as run_backward would).
+  size_t workspace_size(const BackwardProblem& bp, BackwardViews& v,
+                        spembed_backward_algorithm_t algorithm) {
+    size_t bytes = 0;
+    spembed_status_t st = SPEMBED_STATUS_SUCCESS;
+    if (bp.fwd.spec.batched) {
+      if (!v.batch) v.batch = std::make_shared<TableBatch>(handle(), v.tables);
+      st = spembed_embedding_bag_batched_backward_workspace_size(
+          handle(), v.batch->get(), bp.fwd.spec.index_dtype, bp.nnz(), algorithm, &bytes);
+    } else {
+      st = spembed_embedding_bag_backward_workspace_size(handle(), kDLCUDA,
+                                                         bp.fwd.spec.index_dtype, bp.nnz(),
+                                                         bp.total_rows, bp.max_dim, algorithm,
+                                                         &bytes);
+    }
+    EXPECT_EQ(st, SPEMBED_STATUS_SUCCESS) << spembed_last_error();
+    return bytes;
+  }
+
+  // Runs bp on CUDA into fresh outputs (downloaded), with a workspace of the
+  // queried size less `workspace_short_by` bytes. Returns the call's status in
+  // *status (or expects success).
+  BackwardOutputs run_cuda(BackwardProblem& bp, spembed_backward_algorithm_t algorithm,
+                           spembed_status_t* status = nullptr, size_t workspace_short_by = 0) {
+    BackwardOutputs out = fresh_outputs(bp);
+    {
+      DeviceBackward dev(bp, out);
+      const size_t needed = workspace_size(bp, dev.views, algorithm);
+      EXPECT_GT(needed, workspace_short_by);
+      const size_t given = needed > workspace_short_by ? needed - workspace_short_by : 0;
+      DeviceBuffer workspace(std::max<size_t>(given, 1));
+      const spembed_status_t st =
+          run_backward(handle(), bp, dev.views, algorithm, workspace.get(), given, nullptr);
+      if (status != nullptr) {
+        *status = st;
+      } else {
+        EXPECT_EQ(st, SPEMBED_STATUS_SUCCESS)
+            << spembed_status_string(st) << ": " << spembed_last_error();
+      }
+      SPEMBED_CUDA_CHECK(cudaDeviceSynchronize());
+      dev.download(out);
+    }
+    return out;
+  }
+
+  BackwardOutputs run_cpu(BackwardProblem& bp) {
+    BackwardOutputs out = fresh_outputs(bp);
+    BackwardViews v = host_views(bp, out);
+    const spembed_status_t st = run_backward(handle(), bp, v, SPEMBED_BACKWARD_DETERMINISTIC);
+    EXPECT_EQ(st, SPEMBED_STATUS_SUCCESS)
+        << spembed_status_string(st) << ": " << spembed_last_error();
+    return out;
+  }
+
+  // CUDA deterministic == CPU bitwise on (a) and (b); (c) and (d) of both
+  // within the reference's bounds.
+  void compare(BackwardProblem& bp, const std::string& what) {
+    SCOPED_TRACE(what);
+    const BackwardExpected e = reference_backward(bp);
+    const BackwardOutputs cpu = run_cpu(bp);
+    const BackwardOutputs gpu = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+    EXPECT_EQ(check_gradients("cpu", bp, cpu, e), 0);
+    EXPECT_EQ(check_gradients("cuda", bp, gpu, e), 0);
+    EXPECT_EQ(same_gradients(bp, cpu, gpu), 0);
+    if (bp.spec.step) {
+      EXPECT_EQ(check_optimizer("cpu", bp, cpu, e), 0);
+      EXPECT_EQ(check_optimizer("cuda", bp, gpu, e), 0);
+    }
+  }
+
+  // (a) and (b) bitwise.
+  static int64_t same_gradients(const BackwardProblem& bp, const BackwardOutputs& a,
+                                const BackwardOutputs& b) {
+    int64_t bad = 0;
+    for (size_t t = 0; t < a.grad_tables.size(); ++t) {
+      if (!a.grad_tables[t].bytes_equal(b.grad_tables[t].bytes())) {
+        ADD_FAILURE() << "grad_tables[" << t << "]: CUDA differs bitwise from the CPU";
+        ++bad;
+      }
+    }
+    if (bp.spec.sparse) {
+      for (const auto& [x, y, name] : {std::tuple{&a.unique_ids, &b.unique_ids, "unique_ids"},
+                                       std::tuple{&a.unique_grads, &b.unique_grads, "unique_grads"},
+                                       std::tuple{&a.num_unique, &b.num_unique, "num_unique"}}) {
+        if (!x->bytes_equal(y->bytes())) {
+          ADD_FAILURE() << name << ": CUDA differs bitwise from the CPU";
+          ++bad;
+        }
+      }
+    }
+    return bad;
+  }
+
+ private:
+  std::unique_ptr<Handle> handle_;
+};
+
+// ---- the cases ---------------------------------------------------------------------------
+
+BackwardSpec base_spec(uint64_t seed) {
+  BackwardSpec s;
+  s.fwd.seed = seed;
+  s.fwd.data = DataKind::kReal;  // rounding makes the summation order visible
+  s.grad_data = DataKind::kReal;
+  return s;
+}
+
+std::vector<int64_t> random_lengths(uint64_t seed, int64_t bags, int64_t max_len) {
+  Rng rng(seed);
+  std::vector<int64_t> lengths;
+  for (int64_t b = 0; b < bags; ++b) {
+    lengths.push_back(rng.uniform_int(0, 4) == 0 ? 0 : rng.uniform_int(1, max_len));
+  }
+  return lengths;
+}
+
+TEST_F(BackwardGpu, DtypesAndPoolingsMatchCpuBitwise) {
+  const std::pair<spembed_pooling_t, bool> modes[] = {{SPEMBED_POOLING_SUM, true},
+                                                      {SPEMBED_POOLING_SUM, false},
+                                                      {SPEMBED_POOLING_MEAN, false},
+                                                      {SPEMBED_POOLING_MAX, false},
+                                                      {SPEMBED_POOLING_NONE, true}};
+  uint64_t seed = 100;
+  for (const auto& [pooling, weighted] : modes) {
+    for (DLDataType index : {kI32, kI64}) {
+      for (DLDataType dtype : {kF32, kF16, kBF16}) {
+        BackwardSpec s = base_spec(++seed);
+        s.fwd.pooling = pooling;
+        s.fwd.weighted = weighted;
+        s.fwd.index_dtype = index;
+        s.fwd.table_dtype = dtype;
+        s.grad_dtype = dtype;
+        s.fwd.dims = {37};
+        s.fwd.rows = 300;
+        s.fwd.bag_lengths = random_lengths(seed, 200, 60);
+        s.fwd.padding_idx = 7;
+        s.fwd.padding_fraction = 0.05;
+        s.weight_grads = weighted;
+        BackwardProblem bp = make_backward_problem(s, handle());
+        compare(bp, pooling_name(pooling) + (weighted ? " weighted " : " ") + dtype_name(index) +
+                        " " + dtype_name(dtype));
+      }
+    }
+  }
+}
+
+TEST_F(BackwardGpu, DistributionsAndDims) {
+  const IdDistribution dists[] = {IdDistribution::kUniform, IdDistribution::kZipf105,
+                                  IdDistribution::kZipf12, IdDistribution::kHotRow30};
+  const char* names[] = {"uniform", "zipf1.05", "zipf1.2", "hot30"};
+  uint64_t seed = 500;
+  for (int k = 0; k < 4; ++k) {
+    for (int64_t dim : {1, 3, 64, 128, 257}) {
+      BackwardSpec s = base_spec(++seed);
+      s.ids = dists[k];
+      s.fwd.weighted = true;
+      s.fwd.dims = {dim};
+      s.fwd.rows = 5000;
+      s.fwd.bag_lengths = random_lengths(seed, 2048, 40);
+      s.fwd.bag_lengths[3] = 5000;  // longer than a block
+      BackwardProblem bp = make_backward_problem(s, handle());
+      compare(bp, std::string(names[k]) + " dim " + std::to_string(dim));
+    }
+  }
+}
+
+TEST_F(BackwardGpu, EmptyBagsAndEmptyInput) {
+  for (std::vector<int64_t> lengths :
+       {std::vector<int64_t>{0, 0, 0, 0}, std::vector<int64_t>{0, 3, 0, 0, 1, 0}}) {
+    BackwardSpec s = base_spec(900 + lengths.size());
+    s.fwd.bag_lengths = lengths;
+    BackwardProblem bp = make_backward_problem(s, handle());
+    compare(bp, "bags " + std::to_string(lengths.size()));
+  }
+}
+
+TEST_F(BackwardGpu, BatchedMixedDims) {
+  for (spembed_pooling_t pooling :
+       {SPEMBED_POOLING_SUM, SPEMBED_POOLING_MEAN, SPEMBED_POOLING_MAX}) {
+    BackwardSpec s = base_spec(1000 + static_cast<uint64_t>(pooling));
+    s.fwd.batched = true;
+    s.fwd.pooling = pooling;
+    s.fwd.weighted = pooling == SPEMBED_POOLING_SUM;
+    s.weight_grads = s.fwd.weighted;
+    s.fwd.dims = {3, 64, 1, 257, 16};
+    s.fwd.rows = 700;
+    s.fwd.bag_lengths = random_lengths(s.fwd.seed, 5 * 300, 30);
+    s.fwd.index_dtype = kI32;
+    s.ids = IdDistribution::kZipf105;
+    BackwardProblem bp = make_backward_problem(s, handle());
+    compare(bp, "batched " + pooling_name(pooling));
+  }
+}
+
+TEST_F(BackwardGpu, Optimizers) {
+  uint64_t seed = 1500;
+  for (spembed_optimizer_t o : {SPEMBED_OPTIMIZER_SGD, SPEMBED_OPTIMIZER_ADAGRAD,
+                                SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD, SPEMBED_OPTIMIZER_ADAM}) {
+    for (DLDataType dtype : {kF32, kF16, kBF16}) {
+      for (int sr = 0; sr < (same_dtype(dtype, kF32) ? 1 : 2); ++sr) {
+        BackwardSpec s;
+        s.fwd.seed = ++seed;  // integer-valued data: exact gradients, bounds from the step only
+        s.fwd.table_dtype = dtype;
+        s.fwd.dims = {130};
+        s.fwd.rows = 400;
+        s.fwd.bag_lengths = random_lengths(seed, 300, 20);
+        s.fwd.weighted = true;
+        s.ids = IdDistribution::kHotRow30;
+        s.weight_grads = true;
+        s.step = true;
+        spembed_optimizer_options_init(&s.optimizer);
+        s.optimizer.optimizer = o;
+        s.optimizer.learning_rate = 0.05f;
+        s.optimizer.weight_decay = 0.01f;
+        s.optimizer.eps = 1e-6f;
+        s.optimizer.stochastic_rounding = sr;
+        s.optimizer.seed = 77;
+        BackwardProblem bp = make_backward_problem(s, handle());
+        compare(bp, "optimizer " + std::to_string(o) + " " + dtype_name(dtype) + (sr ? " sr" : ""));
+      }
+    }
+  }
+}
+
+TEST_F(BackwardGpu, TwentyRunsAreBitwiseIdentical) {
+  BackwardSpec s = base_spec(2000);
+  s.fwd.weighted = true;
+  s.fwd.dims = {96};
+  s.fwd.rows = 3000;
+  s.fwd.bag_lengths = random_lengths(2000, 4096, 50);
+  s.ids = IdDistribution::kHotRow30;
+  s.weight_grads = true;
+  s.step = true;
+  spembed_optimizer_options_init(&s.optimizer);
+  s.optimizer.optimizer = SPEMBED_OPTIMIZER_ADAM;
+  BackwardProblem bp = make_backward_problem(s, handle());
+  const BackwardOutputs first = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+  for (int k = 1; k < 20; ++k) {
+    const BackwardOutputs again = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+    ASSERT_EQ(compare_bitwise("cuda run " + std::to_string(k), bp, first, again), 0);
+  }
+}
+
+TEST_F(BackwardGpu, AtomicWithinTheReferenceBound) {
+  for (IdDistribution dist : {IdDistribution::kUniform, IdDistribution::kHotRow30}) {
+    BackwardSpec s = base_spec(2100 + static_cast<uint64_t>(dist));
+    s.fwd.weighted = true;
+    s.fwd.dims = {64};
+    s.fwd.rows = 2000;
+    s.fwd.bag_lengths = random_lengths(s.fwd.seed, 3000, 40);
+    s.ids = dist;
+    BackwardProblem bp = make_backward_problem(s, handle());
+    const BackwardExpected e = reference_backward(bp);
+    const BackwardOutputs cpu = run_cpu(bp);
+    const BackwardOutputs gpu = run_cuda(bp, SPEMBED_BACKWARD_ATOMIC);
+    EXPECT_EQ(check_gradients("cuda atomic", bp, gpu, e), 0);
+    // (b) always takes the sorted reduction.
+    EXPECT_TRUE(cpu.unique_grads.bytes_equal(gpu.unique_grads.bytes()));
+    EXPECT_TRUE(cpu.unique_ids.bytes_equal(gpu.unique_ids.bytes()));
+  }
+}
+
+TEST_F(BackwardGpu, BoundsPoliciesThroughTheReport) {
+  // SKIP: the same results as the CPU, the same report.
+  BackwardSpec s = base_spec(2200);
+  s.fwd.bounds_policy = SPEMBED_BOUNDS_SKIP;
+  s.fwd.bad_id_fraction = 0.05;
+  s.fwd.bag_lengths = random_lengths(2200, 100, 20);
+  BackwardProblem bp = make_backward_problem(s, handle());
+  compare(bp, "skip");
+  const BackwardOutputs cpu = run_cpu(bp);
+  const BackwardOutputs gpu = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+  EXPECT_TRUE(cpu.report.bytes_equal(gpu.report.bytes())) << "SKIP report differs";
+  EXPECT_GT(gpu.report.get_int(SPEMBED_REPORT_BAD_INDEX_COUNT), 0);
+
+  // ERROR: SUCCESS from the call, the failure in the report, nothing written.
+  bp.fwd.options.bounds_policy = SPEMBED_BOUNDS_ERROR;
+  const BackwardOutputs fresh = fresh_outputs(bp);
+  const BackwardOutputs err = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+  EXPECT_EQ(err.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_INDEX_OUT_OF_RANGE);
+  EXPECT_EQ(err.report.get_int(SPEMBED_REPORT_BAD_INDEX_POSITION),
+            cpu.report.get_int(SPEMBED_REPORT_BAD_INDEX_POSITION));
+  int64_t report[SPEMBED_REPORT_SIZE];
+  for (int k = 0; k < SPEMBED_REPORT_SIZE; ++k) report[k] = err.report.get_int(k);
+  EXPECT_EQ(spembed_report_status(report), SPEMBED_STATUS_INDEX_OUT_OF_RANGE);
+  EXPECT_TRUE(err.grad_tables[0].bytes_equal(fresh.grad_tables[0].bytes()));
+  EXPECT_TRUE(err.unique_ids.bytes_equal(fresh.unique_ids.bytes()));
+  EXPECT_TRUE(err.unique_grads.bytes_equal(fresh.unique_grads.bytes()));
+  EXPECT_TRUE(err.num_unique.bytes_equal(fresh.num_unique.bytes()));
+}
+
+TEST_F(BackwardGpu, WorkspaceTooSmall) {
+  BackwardSpec s = base_spec(2300);
+  s.fwd.bag_lengths = random_lengths(2300, 50, 10);
+  BackwardProblem bp = make_backward_problem(s, handle());
+  spembed_status_t st = SPEMBED_STATUS_SUCCESS;
+  const BackwardOutputs fresh = fresh_outputs(bp);
+  const BackwardOutputs out = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC, &st, 1);
+  EXPECT_EQ(st, SPEMBED_STATUS_WORKSPACE_TOO_SMALL);
+  EXPECT_TRUE(mentions_any(spembed_last_error(), {"workspace"})) << spembed_last_error();
+  EXPECT_TRUE(out.grad_tables[0].bytes_equal(fresh.grad_tables[0].bytes()));
+  EXPECT_TRUE(out.report.bytes_equal(fresh.report.bytes()));
+}
+
+}  // namespace
+}  // namespace spembed_test

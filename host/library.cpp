@@ -72,7 +72,9 @@ spembed_status_t spembed_report_status(const int64_t report[SPEMBED_REPORT_SIZE]
     if (status == SPEMBED_STATUS_SUCCESS) return SPEMBED_STATUS_SUCCESS;
     if (status == SPEMBED_STATUS_INVALID_ARGUMENT) {
       return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "offsets[%" PRId64 "]: offsets must start at 0, be non-decreasing and end at nnz",
+                  "offsets[%" PRId64 "]: offsets must start at 0, be non-decreasing and end at "
+                  "their total (nnz; for varlen attention, position i <= B is cu_seqlens_q[i] "
+                  "and B + 1 + i is cu_seqlens_k[i])",
                   report[SPEMBED_REPORT_BAD_OFFSET_POSITION]);
     }
     if (status == SPEMBED_STATUS_INDEX_OUT_OF_RANGE) {

@@ -294,6 +294,43 @@ for binary, filters in by_binary.items():
   fi
 fi
 
+# ---- 5b. Python package on CUDA ----------------------------------------------------------
+# The package is built against this build's installed library and the
+# machine's torch; scikit-build-core and pytest come from .deps/wheels when the
+# machine cannot reach PyPI (scripts/stage_deps.sh puts them there).
+py_tests="not run"
+limit=$(step_limit 200 170)
+if [[ $built != yes ]]; then
+  record python fail "not run: build failed"
+elif ! python3 -c "import torch" 2>/dev/null; then
+  record python skip "PyTorch not available"
+elif ((limit < 60)); then
+  record python fail "no time left"
+else
+  log "python package: install + pytest (SPEMBED_REQUIRE_GPU=1, at most ${limit}s)"
+  py_log=$out_dir/python.log
+  wheels=""
+  [[ -d $deps/wheels ]] && wheels="--no-index --find-links $deps/wheels"
+  REPO=$repo BUILD=$build_dir JOBS=$jobs WHEELS=$wheels timeout -k 5 "$limit" bash -c '
+    set -e
+    python3 -c "import scikit_build_core, pytest" 2>/dev/null ||
+      python3 -m pip install -q $WHEELS "scikit-build-core>=0.10" pytest
+    cmake --install "$BUILD" --prefix "$BUILD/install" >/dev/null
+    SPEMBED_PREFIX="$REPO/$BUILD/install" CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+      python3 -m pip install -q --no-build-isolation --no-deps "$REPO"
+    cd "$REPO/python_bindings/tests"
+    SPEMBED_REQUIRE_GPU=1 python3 -m pytest -q -p no:cacheprovider -rs .
+  ' >"$py_log" 2>&1
+  rc=$?
+  py_tests=$(grep -E '[0-9]+ (passed|failed)' "$py_log" | tail -n 1)
+  tail -n 30 "$py_log"
+  if ((rc == 0)); then
+    record python pass "pytest: ${py_tests:-?}"
+  else
+    record python fail "exit $rc; pytest: ${py_tests:-no summary} (see python.log)"
+  fi
+fi
+
 # ---- 6. benchmarks ---------------------------------------------------------------------
 bench_bin=$build_dir/benchmarks/spembed_bench
 if [[ $have_benchmark == no ]]; then
@@ -352,6 +389,20 @@ else
   fi
 fi
 
+limit=$(step_limit 120 10)
+if [[ $py_tests == "not run" ]] || ! python3 -c "import spembed" 2>/dev/null; then
+  record torch_ops_bench skip "the spembed package is not installed"
+elif ((limit < 20)); then
+  record torch_ops_bench fail "no time left"
+else
+  log "torch_ops_bench.py (at most ${limit}s)"
+  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 benchmarks/torch_ops_bench.py \
+    >"$out_dir/torch_ops.jsonl" 2>>"$bench_log"
+  rc=$?
+  cat "$out_dir/torch_ops.jsonl"
+  if ((rc == 0)); then record torch_ops_bench pass ""; else record torch_ops_bench fail "exit $rc"; fi
+fi
+
 # ---- 7. report -------------------------------------------------------------------------
 commit=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo "unknown (no commit / no git metadata)")
 dirty_files=$(git -C "$repo" status --porcelain 2>/dev/null | wc -l)
@@ -374,6 +425,7 @@ fi
   echo "- command: scripts/device_check.sh (build: cmake ${configure_args[*]}; spembed_bench --benchmark_out_format=json ${bench_args[*]})"
   echo "- tests (ctest -L gpu, SPEMBED_REQUIRE_GPU=1): $tests_passed of $tests_total ctest tests passed${cases:+; $cases}"
   echo "- compute-sanitizer memcheck: $sanitizer_summary"
+  echo "- Python package (pytest, SPEMBED_REQUIRE_GPU=1): $py_tests"
   echo "- wall time: $(elapsed) s"
   echo
   echo "| step | status | detail |"
@@ -386,6 +438,14 @@ fi
   echo "## Embedding bag forward and backward"
   echo
   if [[ -n $table ]]; then echo "$table"; else echo "No benchmark results."; fi
+  if [[ -s $out_dir/torch_ops.jsonl ]]; then
+    echo
+    echo "## spembed torch ops vs torch (torch_ops_bench.py, one JSON line per case)"
+    echo
+    echo '```'
+    cat "$out_dir/torch_ops.jsonl"
+    echo '```'
+  fi
 } >"$report"
 log "report: $report"
 head -n 40 "$report"

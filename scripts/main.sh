@@ -10,7 +10,8 @@
 # Usage: scripts/main.sh [spembed_bench flags, e.g. --iters=20 --benchmark_filter=...]
 # Results: $BENCH_OUT (default $BUILD_DIR/bench): spembed_bench.json,
 # torch_embedding_bag.json and torch_embedding_bag_backward.json (GPU +
-# PyTorch only) and report.md.
+# PyTorch only), report.md, and torch_ops.jsonl: the `spembed` package's torch
+# ops against torch's own (GPU + the package installed by scripts/test.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$SPEMBED_ROOT/scripts/setup_deps.sh"
@@ -35,3 +36,10 @@ torch_args=()
 python3 "$SPEMBED_ROOT/scripts/bench_report.py" "$out_dir/spembed_bench.json" "${torch_args[@]}" \
   -o "$out_dir/report.md"
 cat "$out_dir/report.md"
+
+# The Python package's ops against torch's own (needs the package and a GPU).
+if python3 -c "import spembed" 2>/dev/null; then
+  python3 "$SPEMBED_ROOT/benchmarks/torch_ops_bench.py" | tee "$out_dir/torch_ops.jsonl"
+else
+  echo "torch_ops_bench: the spembed Python package is not installed (scripts/test.sh installs it); skipped"
+fi

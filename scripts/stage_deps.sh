@@ -32,6 +32,11 @@ for pkg in "${packages[@]}"; do
   done < <(dpkg -L "$pkg")
 done
 
+# Pure-Python wheels the Python package's build and tests need, for a machine
+# without PyPI (the GPU machine has torch, but maybe not these).
+python3 -m pip download -q -d "$dest/wheels" "scikit-build-core>=0.10" pytest ||
+  echo "stage_deps: could not download the Python wheels; skipped" >&2
+
 exclude=$repo/.git/info/exclude
 if [[ -d $repo/.git ]] && ! grep -qx '/.deps/' "$exclude" 2>/dev/null; then
   mkdir -p "$(dirname "$exclude")"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: builds spembed for sm_80 and sm_90, checks the kernels'
 # resource usage, runs every test (GPU tests skip without a GPU unless
-# SPEMBED_REQUIRE_GPU=1), and builds and runs a consumer of the installed package.
+# SPEMBED_REQUIRE_GPU=1), builds and runs a consumer of the installed package,
+# then installs torch (pinned) and runs the Python package's pytest suite
+# against that installed library (scripts/test_python.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$SPEMBED_ROOT/scripts/setup_deps.sh"
@@ -18,3 +20,4 @@ cmake --build "$BUILD_DIR/consumer" -j "$JOBS" >/dev/null
 "$BUILD_DIR/consumer/consumer"
 
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
+bash "$SPEMBED_ROOT/scripts/test_python.sh"

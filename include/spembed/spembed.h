@@ -326,6 +326,104 @@ spembed_status_t spembed_embedding_bag_batched_backward(
     const spembed_embedding_bag_options_t* options, spembed_backward_algorithm_t algorithm,
     DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream);
 
+/* ---- varlen attention ------------------------------------------------------ */
+
+/* Masked attention over packed (jagged) sequences: self-attention over each
+ * user's history (query length == key length) and target attention (a
+ * sequence's candidate items as queries against its history).
+ *
+ * Layout. B sequences; sequence b has Lq = cu_seqlens_q[b+1] - cu_seqlens_q[b]
+ * queries and Lk = cu_seqlens_k[b+1] - cu_seqlens_k[b] keys.
+ *  q           [total_q, heads, head_dim]     float32 / float16 / bfloat16
+ *  k, v        [total_k, kv_heads, head_dim]  same dtype; heads % kv_heads == 0:
+ *              query head h reads kv head h / (heads / kv_heads) (GQA / MQA)
+ *  cu_seqlens_q, cu_seqlens_k  int32 [B + 1]: first 0, non-decreasing, last
+ *              total_q (total_k)
+ *  out (O)     [total_q, heads, head_dim], dtype of q
+ *  lse         NULL or float32 [heads, total_q]: the natural log of the sum of
+ *              exp(scale * q.k) over the keys the query sees
+ * head_dim is any value in [1, 256]. Every tensor's innermost dimension must be
+ * contiguous (stride 1); the token and head strides may be anything >= a
+ * compact layout's (views of a fused QKV projection work). cu_seqlens and lse
+ * are contiguous.
+ *
+ * Mask. Query i (0-based within its sequence) sees key j (within the same
+ * sequence) when 0 <= j < Lk and
+ *   CAUSAL:                     j <= i + Lk - Lq        (aligned bottom-right)
+ *   window_left  >= 0:          j >= i + Lk - Lq - window_left
+ *   window_right >= 0:          j <= i + Lk - Lq + window_right
+ * (with CAUSAL a window_right > 0 changes nothing). A query that sees no key
+ * (an empty key sequence, or a row the mask hides fully) gets O = 0, LSE =
+ * -inf and zero gradients, never NaN.
+ *
+ * Numerics. Scores, softmax and accumulation in float32 on CUDA (float64 on
+ * CPU). The CUDA kernels widen float16 / bfloat16 inputs to float32 on load
+ * and compute on the CUDA cores (tensor-core kernels are planned; see
+ * docs/attention.md).
+ *
+ * Data checks. On CPU the offsets are checked before anything is written and
+ * a bad one fails the call (INVALID_ARGUMENT naming the entry). On CUDA the
+ * host never reads them: a check kernel does, and on a bad entry the compute
+ * kernels write nothing; `report` (optional, as for the embedding bag ops)
+ * then gets status INVALID_ARGUMENT and SPEMBED_REPORT_BAD_OFFSET_POSITION =
+ * i for a bad cu_seqlens_q[i], B + 1 + i for a bad cu_seqlens_k[i]. */
+typedef enum spembed_attention_mask {
+  SPEMBED_ATTENTION_MASK_NONE = 0,
+  SPEMBED_ATTENTION_MASK_CAUSAL = 1
+} spembed_attention_mask_t;
+
+/* Initialise with spembed_attention_options_init and change what differs. */
+typedef struct spembed_attention_options {
+  spembed_attention_mask_t mask; /* default NONE */
+  int64_t window_left;           /* -1 (default): no left limit; else >= 0, see above */
+  int64_t window_right;          /* -1 (default): no right limit; else >= 0 */
+  float scale;                   /* 0 (default): 1 / sqrt(head_dim); else finite, non-zero */
+  /* Upper bounds of the query / key lengths, or 0 (default): unknown. Hints
+   * only, used to pick the kernel configuration; results are correct whatever
+   * they are (the host never reads cu_seqlens on CUDA). */
+  int64_t max_seqlen_q;
+  int64_t max_seqlen_k;
+} spembed_attention_options_t;
+
+void spembed_attention_options_init(spembed_attention_options_t* options);
+
+/* Bytes of workspace the forward needs on `device_type` for `batch` sequences
+ * (B), `total_q` query tokens and `heads` query heads (0 on the CPU). 256-byte
+ * aligned; grows with B only (a check record and the tile schedule). */
+spembed_status_t spembed_varlen_attention_forward_workspace_size(spembed_handle_t handle,
+                                                                DLDeviceType device_type,
+                                                                int64_t batch, int64_t total_q,
+                                                                int64_t heads, size_t* bytes);
+
+/* O = softmax(scale * Q K^T + mask) V per sequence and head; see above.
+ * options NULL for the defaults; lse and report may be NULL. */
+spembed_status_t spembed_varlen_attention_forward(
+    spembed_handle_t handle, const DLTensor* q, const DLTensor* k, const DLTensor* v,
+    const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k,
+    const spembed_attention_options_t* options, DLTensor* out, DLTensor* lse, DLTensor* report,
+    void* workspace, size_t workspace_bytes, spembed_stream_t stream);
+
+/* Bytes of workspace the backward needs (0 on the CPU): the forward's, plus
+ * float32 [heads, total_q] for rowsum(dO * O). */
+spembed_status_t spembed_varlen_attention_backward_workspace_size(spembed_handle_t handle,
+                                                                 DLDeviceType device_type,
+                                                                 int64_t batch, int64_t total_q,
+                                                                 int64_t heads, size_t* bytes);
+
+/* Gradients of the forward. out and lse are the forward's (lse is required);
+ * dout is shaped like out; dq like q, dk and dv like k (all of q's dtype).
+ * options must be the forward's. The gradients are overwritten, not added to.
+ * deterministic != 0 asks for results bitwise identical run to run; the
+ * current CUDA kernels are deterministic either way (each output element is
+ * summed by one thread in a fixed order, no atomics), so the flag costs
+ * nothing today and keeps the contract if a faster atomic path is added. */
+spembed_status_t spembed_varlen_attention_backward(
+    spembed_handle_t handle, const DLTensor* q, const DLTensor* k, const DLTensor* v,
+    const DLTensor* out, const DLTensor* dout, const DLTensor* lse, const DLTensor* cu_seqlens_q,
+    const DLTensor* cu_seqlens_k, const spembed_attention_options_t* options, int deterministic,
+    DLTensor* dq, DLTensor* dk, DLTensor* dv, DLTensor* report, void* workspace,
+    size_t workspace_bytes, spembed_stream_t stream);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

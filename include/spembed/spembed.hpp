@@ -208,3 +208,76 @@ inline void Handle::embedding_bag_batched_backward(const TableBatch& batch,
 }
 
 }  // namespace spembed
+
+// ---- varlen attention ----------------------------------------------------------
+namespace spembed {
+
+struct AttentionOptions : spembed_attention_options_t {
+  AttentionOptions() { spembed_attention_options_init(this); }
+  AttentionOptions& with_mask(spembed_attention_mask_t m) { mask = m; return *this; }
+  AttentionOptions& with_causal() { mask = SPEMBED_ATTENTION_MASK_CAUSAL; return *this; }
+  AttentionOptions& with_window(int64_t left, int64_t right) {
+    window_left = left;
+    window_right = right;
+    return *this;
+  }
+  AttentionOptions& with_scale(float s) { scale = s; return *this; }
+  AttentionOptions& with_max_seqlens(int64_t q, int64_t k) {
+    max_seqlen_q = q;
+    max_seqlen_k = k;
+    return *this;
+  }
+};
+
+// Optional arguments of the attention ops, by name.
+struct AttentionExtras {
+  DLTensor* report = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  spembed_stream_t stream = nullptr;
+};
+
+inline size_t varlen_attention_forward_workspace_size(const Handle& handle, DLDeviceType device,
+                                                      int64_t batch, int64_t total_q,
+                                                      int64_t heads) {
+  size_t bytes = 0;
+  check(spembed_varlen_attention_forward_workspace_size(handle.get(), device, batch, total_q,
+                                                        heads, &bytes));
+  return bytes;
+}
+
+inline size_t varlen_attention_backward_workspace_size(const Handle& handle, DLDeviceType device,
+                                                       int64_t batch, int64_t total_q,
+                                                       int64_t heads) {
+  size_t bytes = 0;
+  check(spembed_varlen_attention_backward_workspace_size(handle.get(), device, batch, total_q,
+                                                         heads, &bytes));
+  return bytes;
+}
+
+// `lse` may be NULL.
+inline void varlen_attention_forward(const Handle& handle, const DLTensor& q, const DLTensor& k,
+                                     const DLTensor& v, const DLTensor& cu_seqlens_q,
+                                     const DLTensor& cu_seqlens_k, DLTensor& out, DLTensor* lse,
+                                     const AttentionOptions& options = {},
+                                     const AttentionExtras& extras = {}) {
+  check(spembed_varlen_attention_forward(handle.get(), &q, &k, &v, &cu_seqlens_q, &cu_seqlens_k,
+                                         &options, &out, lse, extras.report, extras.workspace,
+                                         extras.workspace_bytes, extras.stream));
+}
+
+inline void varlen_attention_backward(const Handle& handle, const DLTensor& q, const DLTensor& k,
+                                      const DLTensor& v, const DLTensor& out,
+                                      const DLTensor& dout, const DLTensor& lse,
+                                      const DLTensor& cu_seqlens_q, const DLTensor& cu_seqlens_k,
+                                      DLTensor& dq, DLTensor& dk, DLTensor& dv,
+                                      const AttentionOptions& options = {},
+                                      bool deterministic = true,
+                                      const AttentionExtras& extras = {}) {
+  check(spembed_varlen_attention_backward(
+      handle.get(), &q, &k, &v, &out, &dout, &lse, &cu_seqlens_q, &cu_seqlens_k, &options,
+      deterministic ? 1 : 0, &dq, &dk, &dv, extras.report, extras.workspace,
+      extras.workspace_bytes, extras.stream));
+}
+
+}  // namespace spembed

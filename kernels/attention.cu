@@ -1,0 +1,199 @@
+// CUDA varlen attention: the entry points host/ calls. Queues, on the
+// caller's stream and without synchronising or allocating:
+//
+//   1. plan (one block): checks cu_seqlens_q / cu_seqlens_k (first entry 0,
+//      non-decreasing, last entry total) into the record, and writes the tile
+//      schedules: q_starts[b] = sum over b' < b of ceil(Lq_b' / q rows),
+//      k_starts likewise for keys (block-wide scans over B in chunks);
+//   2. the compute kernels (attention_kernel.cuh), which return at once if
+//      the record shows a bad entry;
+//   3. the report, if p.report is set.
+// The host never reads cu_seqlens: grids come from ceil(total / rows) + B,
+// which bounds the number of tiles; blocks past the schedule's end exit.
+#include <cuda_runtime.h>
+
+#include <cub/block/block_scan.cuh>
+
+#include <cstdint>
+
+#include "kernels/attention.h"
+#include "kernels/attention_kernel.cuh"
+#include "kernels/static_switch.cuh"
+
+namespace spembed::detail {
+
+#define SPEMBED_ATTENTION_EXTERN(T)                                                             \
+  extern template int launch_attention_forward<T>(const AttentionParams&,                      \
+                                                  const AttentionLaunch&, int, cudaStream_t);  \
+  extern template int launch_attention_backward<T>(const AttentionParams&,                     \
+                                                   const AttentionLaunch&,                     \
+                                                   const AttentionLaunch&, float*, cudaStream_t);
+SPEMBED_ATTENTION_EXTERN(float)
+SPEMBED_ATTENTION_EXTERN(__half)
+SPEMBED_ATTENTION_EXTERN(__nv_bfloat16)
+#undef SPEMBED_ATTENTION_EXTERN
+
+namespace {
+
+// Threads of the plan kernel: one block scans B in chunks of this many.
+constexpr int kPlanThreads = 256;
+// gridDim.x limit of the CUDA launch configuration.
+constexpr int64_t kMaxGridX = 2147483647;
+// Forward lanes per query row: 16 (8 queries per block) when sequences hold
+// at most this many queries (target attention: a few candidates per
+// history), so that a block is not mostly idle rows; else 4 (32 queries).
+constexpr int64_t kShortQueryRows = 8;
+
+__device__ __forceinline__ int64_t tiles_of(const int32_t* cu, int64_t b, int rows) {
+  const int64_t len = static_cast<int64_t>(cu[b + 1]) - cu[b];
+  return len > 0 ? (len + rows - 1) / rows : 0;
+}
+
+__global__ void __launch_bounds__(kPlanThreads)
+    attention_plan_kernel(const int32_t* cu_q, const int32_t* cu_k, int64_t batch,
+                          int64_t total_q, int64_t total_k, int q_rows, int k_rows,
+                          int32_t* q_starts, int32_t* k_starts, AttentionRecord* record) {
+  using Scan = cub::BlockScan<int64_t, kPlanThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ unsigned long long first_bad;
+  if (threadIdx.x == 0) first_bad = kNoPosition;
+  __syncthreads();
+
+  // Positions: i for cu_seqlens_q[i], B + 1 + i for cu_seqlens_k[i].
+  for (int64_t i = threadIdx.x; i <= batch; i += kPlanThreads) {
+    const bool bad_q = (i == 0 && cu_q[0] != 0) || (i < batch && cu_q[i] > cu_q[i + 1]) ||
+                       (i == batch && cu_q[batch] != total_q);
+    const bool bad_k = (i == 0 && cu_k[0] != 0) || (i < batch && cu_k[i] > cu_k[i + 1]) ||
+                       (i == batch && cu_k[batch] != total_k);
+    if (bad_q) atomicMin(&first_bad, static_cast<unsigned long long>(i));
+    if (bad_k) atomicMin(&first_bad, static_cast<unsigned long long>(batch + 1 + i));
+  }
+
+  int64_t q_carry = 0, k_carry = 0;
+  for (int64_t base = 0; base < batch; base += kPlanThreads) {
+    const int64_t b = base + threadIdx.x;
+    const int64_t nq = b < batch ? tiles_of(cu_q, b, q_rows) : 0;
+    const int64_t nk = b < batch ? tiles_of(cu_k, b, k_rows) : 0;
+    int64_t q_off = 0, k_off = 0, q_total = 0, k_total = 0;
+    Scan(scan_storage).ExclusiveSum(nq, q_off, q_total);
+    __syncthreads();
+    Scan(scan_storage).ExclusiveSum(nk, k_off, k_total);
+    __syncthreads();
+    // With sound offsets every start is < 2^31 (at most total / rows + B);
+    // with bad ones the compute kernels never read the schedule.
+    if (b < batch) {
+      q_starts[b] = static_cast<int32_t>(q_carry + q_off);
+      k_starts[b] = static_cast<int32_t>(k_carry + k_off);
+    }
+    q_carry += q_total;
+    k_carry += k_total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    q_starts[batch] = static_cast<int32_t>(q_carry);
+    k_starts[batch] = static_cast<int32_t>(k_carry);
+    record->first_bad_position = first_bad;
+  }
+}
+
+__global__ void attention_report_kernel(const AttentionRecord* record, int64_t* report) {
+  const unsigned long long bad = record->first_bad_position;
+  report[SPEMBED_REPORT_STATUS] =
+      bad == kNoPosition ? SPEMBED_STATUS_SUCCESS : SPEMBED_STATUS_INVALID_ARGUMENT;
+  report[SPEMBED_REPORT_BAD_INDEX_COUNT] = 0;
+  report[SPEMBED_REPORT_BAD_INDEX_POSITION] = -1;
+  report[SPEMBED_REPORT_BAD_INDEX_VALUE] = 0;
+  report[SPEMBED_REPORT_BAD_OFFSET_POSITION] =
+      bad == kNoPosition ? -1 : static_cast<int64_t>(bad);
+}
+
+struct Workspace {
+  AttentionRecord* record;
+  int32_t* q_starts;
+  int32_t* k_starts;
+  float* rowsum;  // backward only
+};
+
+Workspace carve(const AttentionParams& p) {
+  char* base = static_cast<char*>(p.workspace);
+  Workspace w;
+  w.record = reinterpret_cast<AttentionRecord*>(base);
+  base += AttentionWorkspace::record_bytes();
+  w.q_starts = reinterpret_cast<int32_t*>(base);
+  base += AttentionWorkspace::tiles_bytes(p.batch);
+  w.k_starts = reinterpret_cast<int32_t*>(base);
+  base += AttentionWorkspace::tiles_bytes(p.batch);
+  w.rowsum = reinterpret_cast<float*>(base);
+  return w;
+}
+
+int64_t grid_tiles(int64_t total, int64_t batch, int rows) {
+  return min64((total + rows - 1) / rows + batch, kMaxGridX);
+}
+
+int launch_plan(const AttentionParams& p, const Workspace& w, int q_rows, int k_rows,
+                cudaStream_t stream) {
+  attention_plan_kernel<<<1, kPlanThreads, 0, stream>>>(p.cu_seqlens_q, p.cu_seqlens_k, p.batch,
+                                                        p.total_q, p.total_k, q_rows, k_rows,
+                                                        w.q_starts, w.k_starts, w.record);
+  return launch_status(stream);
+}
+
+int launch_report(const AttentionParams& p, const Workspace& w, cudaStream_t stream) {
+  if (p.report == nullptr) return 0;
+  attention_report_kernel<<<1, 1, 0, stream>>>(w.record, p.report);
+  return launch_status(stream);
+}
+
+// Queries per sequence the forward plans for: the caller's bound, else the
+// mean (a hint only: every tile shape is correct for every length).
+int forward_tpr(const AttentionParams& p) {
+  const int64_t rows = p.max_seqlen_q > 0 ? p.max_seqlen_q
+                       : p.batch > 0      ? (p.total_q + p.batch - 1) / p.batch
+                                          : 0;
+  return rows <= kShortQueryRows ? 16 : 4;
+}
+
+}  // namespace
+
+int attention_forward_cuda(const AttentionParams& p, void* stream_handle) {
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
+  const Workspace w = carve(p);
+  const int tpr = forward_tpr(p);
+  const int q_rows = attention_rows(tpr);
+  if (const int error = launch_plan(p, w, q_rows, kAttnKeyTile, stream)) return error;
+  AttentionLaunch l;
+  l.record = w.record;
+  l.tile_starts = w.q_starts;
+  l.grid_tiles = grid_tiles(p.total_q, p.batch, q_rows);
+  if (l.grid_tiles > 0 && p.total_q > 0) {
+    const int error = SPEMBED_DTYPE_SWITCH(p.dtype, T, [&] {
+      return launch_attention_forward<T>(p, l, tpr, stream);
+    });
+    if (error != 0) return error;
+  }
+  return launch_report(p, w, stream);
+}
+
+int attention_backward_cuda(const AttentionParams& p, void* stream_handle) {
+  const auto stream = static_cast<cudaStream_t>(stream_handle);
+  const Workspace w = carve(p);
+  const int max_d = p.head_dim <= 32 ? 32 : p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
+  const int rows = attention_rows(attention_backward_tpr(max_d));
+  if (const int error = launch_plan(p, w, rows, rows, stream)) return error;
+  AttentionLaunch q_launch;
+  q_launch.record = w.record;
+  q_launch.tile_starts = w.q_starts;
+  q_launch.rowsum = w.rowsum;
+  q_launch.grid_tiles = p.total_q > 0 ? grid_tiles(p.total_q, p.batch, rows) : 0;
+  AttentionLaunch k_launch = q_launch;
+  k_launch.tile_starts = w.k_starts;
+  k_launch.grid_tiles = p.total_k > 0 ? grid_tiles(p.total_k, p.batch, rows) : 0;
+  const int error = SPEMBED_DTYPE_SWITCH(p.dtype, T, [&] {
+    return launch_attention_backward<T>(p, q_launch, k_launch, w.rowsum, stream);
+  });
+  if (error != 0) return error;
+  return launch_report(p, w, stream);
+}
+
+}  // namespace spembed::detail

@@ -1,0 +1,11 @@
+// Forward kernels of the varlen attention for float inputs (see
+// attention_kernel.cuh for the grid). One file per dtype and direction, so
+// the instantiations compile in parallel.
+#include "kernels/attention_kernel.cuh"
+
+namespace spembed::detail {
+
+template int launch_attention_forward<float>(const AttentionParams& p, const AttentionLaunch& l,
+                                           int forward_tpr, cudaStream_t stream);
+
+}  // namespace spembed::detail

@@ -1,0 +1,127 @@
+#include "torch_glue.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+namespace spembed_torch {
+
+DLDataType dl_dtype(at::ScalarType type, const char* name) {
+  switch (type) {
+    case at::kFloat: return {kDLFloat, 32, 1};
+    case at::kHalf: return {kDLFloat, 16, 1};
+    case at::kBFloat16: return {kDLBfloat, 16, 1};
+    case at::kInt: return {kDLInt, 32, 1};
+    case at::kLong: return {kDLInt, 64, 1};
+    default:
+      C10_THROW_ERROR(ValueError, std::string("spembed: ") + name + ": dtype " +
+                                      c10::toString(type) +
+                                      " is not supported (float32, float16, bfloat16, int32, int64)");
+  }
+}
+
+View::View(const at::Tensor& t) {
+  dl.data = t.data_ptr();  // the storage offset is already applied
+  if (t.is_cuda()) {
+    dl.device = {kDLCUDA, static_cast<int32_t>(t.get_device())};
+  } else {
+    TORCH_CHECK_VALUE(t.is_cpu(), "spembed: tensors must be on the CPU or a CUDA device, got ",
+                      t.device());
+    dl.device = {kDLCPU, 0};
+  }
+  dl.ndim = static_cast<int32_t>(t.dim());
+  dl.dtype = dl_dtype(t.scalar_type(), "tensor");
+  dl.shape = const_cast<int64_t*>(t.sizes().data());
+  dl.strides = const_cast<int64_t*>(t.strides().data());
+  dl.byte_offset = 0;
+}
+
+namespace {
+
+// Handles are never destroyed: they own no device memory, and destroying
+// them at process exit would race with CUDA's own teardown.
+constexpr int kMaxDevices = 64;  // c10's DeviceIndex range is int8; 64 covers any node
+std::mutex g_handles_mutex;
+std::array<spembed_handle_t, kMaxDevices> g_cuda_handles{};
+spembed_handle_t g_cpu_handle = nullptr;
+
+}  // namespace
+
+spembed_handle_t handle_for(const c10::Device& device) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  if (!device.is_cuda()) {
+    if (g_cpu_handle == nullptr) check(spembed_create(&g_cpu_handle), "spembed_create");
+    return g_cpu_handle;
+  }
+  const int index = device.index();
+  TORCH_CHECK(index >= 0 && index < kMaxDevices, "spembed: CUDA device index ", index,
+              " out of range");
+  spembed_handle_t& h = g_cuda_handles[static_cast<size_t>(index)];
+  if (h == nullptr) {
+    c10::DeviceGuard guard(device);  // a handle binds to the current device
+    check(spembed_create(&h), "spembed_create");
+    int bound = -1;
+    check(spembed_handle_device(h, &bound), "spembed_handle_device");
+    TORCH_CHECK(bound == index, "spembed: the library sees no usable CUDA device ", index,
+                " (bound to ", bound, "); is the driver working?");
+  }
+  return h;
+}
+
+spembed_stream_t stream_for(const c10::Device& device) {
+  if (!device.is_cuda()) return nullptr;
+  c10::impl::VirtualGuardImpl impl(device.type());
+  return static_cast<spembed_stream_t>(impl.getStream(device).native_handle());
+}
+
+at::Tensor workspace(const c10::Device& device, size_t bytes) {
+  if (bytes == 0) return at::Tensor();
+  return at::empty({static_cast<int64_t>(bytes)},
+                   at::TensorOptions().dtype(at::kByte).device(device));
+}
+
+void check(spembed_status_t status, const char* op) {
+  if (status == SPEMBED_STATUS_SUCCESS) return;
+  const std::string message = std::string("spembed.") + op + ": " +
+                              spembed_status_string(status) + ": " + spembed_last_error();
+  switch (status) {
+    case SPEMBED_STATUS_INVALID_ARGUMENT:
+    case SPEMBED_STATUS_WORKSPACE_TOO_SMALL: C10_THROW_ERROR(ValueError, message);
+    case SPEMBED_STATUS_INDEX_OUT_OF_RANGE: C10_THROW_ERROR(IndexError, message);
+    case SPEMBED_STATUS_NOT_SUPPORTED: C10_THROW_ERROR(NotImplementedError, message);
+    default: C10_THROW_ERROR(Error, message);
+  }
+}
+
+at::Tensor new_report(const c10::Device& device) {
+  return at::empty({SPEMBED_REPORT_SIZE}, at::TensorOptions().dtype(at::kLong).device(device));
+}
+
+void check_report(const at::Tensor& report, const char* op) {
+  if (!report.defined() || !report.is_cuda()) return;
+  const at::Tensor host = report.to(at::kCPU);  // waits for the op
+  const int64_t* r = host.data_ptr<int64_t>();
+  int64_t values[SPEMBED_REPORT_SIZE];
+  for (int i = 0; i < SPEMBED_REPORT_SIZE; ++i) values[i] = r[i];
+  check(spembed_report_status(values), op);
+}
+
+}  // namespace spembed_torch
+
+namespace spembed_torch {
+
+bool sync_checks() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("SPEMBED_SYNC_CHECKS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
+}  // namespace spembed_torch

@@ -1,0 +1,29 @@
+"""spembed: fused kernels for the sparse side of recommender models, as
+PyTorch custom ops (``torch.ops.spembed.*``) with autograd, fake (meta)
+kernels for ``torch.compile``, and ``spembed.nn`` modules.
+
+Importing the package loads ``libspembed_torch.so`` (installed beside this
+file; ``SPEMBED_TORCH_LIBRARY`` may point at another build of it).
+"""
+import os as _os
+
+import torch as _torch
+
+__version__ = "0.1.0"
+
+
+def _library_path():
+    override = _os.environ.get("SPEMBED_TORCH_LIBRARY")
+    if override:
+        return override
+    return _os.path.join(_os.path.dirname(__file__), "libspembed_torch.so")
+
+
+_torch.ops.load_library(_library_path())
+
+from . import _meta  # noqa: E402,F401  (fake kernels)
+from . import _autograd  # noqa: E402,F401  (autograd formulas)
+from . import ops  # noqa: E402
+from . import nn  # noqa: E402
+
+__all__ = ["ops", "nn", "__version__"]

@@ -1,0 +1,313 @@
+"""nn modules over the spembed ops."""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import ops as _ops
+
+__all__ = ["EmbeddingBag", "EmbeddingBagCollection", "VarlenSelfAttention", "SASRecBlock"]
+
+
+class EmbeddingBag(torch.nn.Module):
+    """torch.nn.EmbeddingBag on spembed's fused lookup.
+
+    Same constructor and forward arguments where the semantics match (mode,
+    padding_idx, include_last_offset, _weight, device, dtype; forward(input,
+    offsets, per_sample_weights) with 1-D input + offsets or 2-D input), plus:
+      mode 'none'      the gathered rows [nnz, dim] (per-sample weights applied);
+      output_dtype     float32 / float16 / bfloat16 output (default: weight's);
+      bounds_policy    'error' (default; IndexError naming the position and id)
+                       or 'skip' (the id is ignored and not counted by 'mean');
+      sparse           the gradient is a coalesced sparse COO tensor (eager only).
+    max_norm and scale_grad_by_freq are not supported. Tables are float32,
+    float16 or bfloat16; pooling accumulates in float32.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
+                 norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
+                 sparse: bool = False, _weight: Optional[Tensor] = None,
+                 include_last_offset: bool = False, padding_idx: Optional[int] = None,
+                 device=None, dtype=None, output_dtype: Optional[torch.dtype] = None,
+                 bounds_policy: str = "error") -> None:
+        super().__init__()
+        if max_norm is not None:
+            raise NotImplementedError("spembed.nn.EmbeddingBag: max_norm is not supported")
+        if scale_grad_by_freq:
+            raise NotImplementedError(
+                "spembed.nn.EmbeddingBag: scale_grad_by_freq is not supported")
+        _ops.mode_code(mode)
+        _ops.bounds_code(bounds_policy)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.mode = mode
+        self.sparse = sparse
+        self.include_last_offset = include_last_offset
+        self.output_dtype = output_dtype
+        self.bounds_policy = bounds_policy
+        self.padding_idx = (None if padding_idx is None
+                            else _ops._padding(padding_idx, num_embeddings))
+        if _weight is None:
+            self.weight = torch.nn.Parameter(
+                torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+            self.reset_parameters()
+        else:
+            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
+                raise ValueError("spembed.nn.EmbeddingBag: _weight must be "
+                                 f"[{num_embeddings}, {embedding_dim}], got {tuple(_weight.shape)}")
+            self.weight = torch.nn.Parameter(_weight)
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.normal_(self.weight)
+        if self.padding_idx is not None:
+            with torch.no_grad():
+                self.weight[self.padding_idx].fill_(0)
+
+    def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
+                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        if self.sparse and torch.is_grad_enabled() and self.weight.requires_grad:
+            return _SparseLookup.apply(self.weight, input, offsets, per_sample_weights, self)
+        return _ops.embedding_bag(input, self.weight, offsets, self.mode, per_sample_weights,
+                                  self.include_last_offset, self.padding_idx, self.output_dtype,
+                                  self.bounds_policy)
+
+    def extra_repr(self) -> str:
+        s = f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        return s
+
+
+class _SparseLookup(torch.autograd.Function):
+    """The lookup with a sparse (row-sparse COO) weight gradient."""
+
+    @staticmethod
+    def forward(ctx, weight, input, offsets, per_sample_weights, module):
+        if per_sample_weights is not None and per_sample_weights.requires_grad:
+            raise NotImplementedError(
+                "spembed.nn.EmbeddingBag: sparse=True gives no per_sample_weights gradient")
+        m = _ops.mode_code(module.mode)
+        indices, offs, fixed, psw = _ops.normalize_lookup(
+            input, offsets, module.mode, module.include_last_offset, per_sample_weights)
+        pad = -1 if module.padding_idx is None else module.padding_idx
+        lookup = (m, pad, _ops.bounds_code(module.bounds_policy), fixed)
+        out, argmax = torch.ops.spembed.embedding_bag(weight, indices, offs, psw, *lookup,
+                                                      module.output_dtype)
+        ctx.lookup = lookup
+        ctx.save_for_backward(weight, indices, offs, psw, argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, indices, offs, psw, argmax = ctx.saved_tensors
+        ids, rows = torch.ops.spembed.embedding_bag_backward_sparse(
+            grad_output, weight, indices, offs, psw, argmax, *ctx.lookup)
+        grad = torch.sparse_coo_tensor(ids.to(torch.int64).unsqueeze(0), rows, weight.shape,
+                                       is_coalesced=True, check_invariants=False)
+        return grad, None, None, None, None
+
+
+TableSpec = Union[Tuple[int, int], Sequence[int]]
+
+
+class EmbeddingBagCollection(torch.nn.Module):
+    """T tables with their own sizes and dims, looked up in one fused launch.
+
+    tables       [(num_embeddings, embedding_dim), ...], one per feature.
+    forward      either a list of T (values, offsets) pairs, one per feature,
+                 each with offsets [B + 1] (include_last_offset form) or 2-D
+                 values [B, L] with offsets None; or one table-major
+                 (indices, offsets) with offsets [T * B + 1].
+                 Returns [B, sum of dims], table t at its column offset.
+    optimizer    None: the tables are Parameters with ordinary (dense)
+                 gradients. 'sgd', 'adagrad', 'rowwise_adagrad' or 'adam':
+                 the backward applies that optimizer step to the touched rows
+                 in place (FBGEMM-style table-batched training); no gradient
+                 tensor is ever built, the tables are Parameters with
+                 requires_grad=False, and the optimizer states are buffers.
+                 The step semantics are spembed.h's (torch.optim.SGD /
+                 Adagrad / Adam on the touched rows; Adam's untouched rows
+                 are left alone, like torch.optim.SparseAdam).
+    """
+
+    def __init__(self, tables: Sequence[TableSpec], mode: str = "sum",
+                 padding_idx: Optional[int] = None, device=None, dtype=None,
+                 output_dtype: Optional[torch.dtype] = None, bounds_policy: str = "error",
+                 optimizer: Optional[str] = None, lr: float = 0.01, eps: float = 1e-8,
+                 betas: Tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+                 stochastic_rounding: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        if len(tables) == 0:
+            raise ValueError("spembed.nn.EmbeddingBagCollection: tables must not be empty")
+        if mode == "none":
+            raise NotImplementedError(
+                "spembed.nn.EmbeddingBagCollection: mode 'none' needs one width per table")
+        self.mode_id = _ops.mode_code(mode)
+        self.mode = mode
+        self.padding_idx = padding_idx
+        self.output_dtype = output_dtype
+        self.bounds_id = _ops.bounds_code(bounds_policy)
+        self.dims = [int(d) for _, d in tables]
+        self.optimizer = optimizer
+        fused = optimizer is not None
+        if fused and optimizer not in _ops.OPTIMIZERS:
+            raise ValueError(f"spembed: optimizer must be one of {sorted(_ops.OPTIMIZERS)}, "
+                             f"got {optimizer!r}")
+        self.weights = torch.nn.ParameterList()
+        for rows, dim in tables:
+            w = torch.empty(int(rows), int(dim), device=device, dtype=dtype)
+            torch.nn.init.uniform_(w, -(1.0 / rows) ** 0.5, (1.0 / rows) ** 0.5)
+            if padding_idx is not None and padding_idx < rows:
+                w[padding_idx] = 0
+            self.weights.append(torch.nn.Parameter(w, requires_grad=not fused))
+        if fused:
+            self.hparams = dict(lr=lr, eps=eps, beta1=betas[0], beta2=betas[1],
+                                weight_decay=weight_decay, seed=seed,
+                                stochastic_rounding=stochastic_rounding)
+            self.step = 0
+            for t, w in enumerate(self.weights):
+                opt = optimizer
+                if opt in ("adagrad", "adam"):
+                    self.register_buffer(f"state1_{t}", torch.zeros(w.shape, device=w.device,
+                                                                    dtype=torch.float32))
+                elif opt == "rowwise_adagrad":
+                    self.register_buffer(f"state1_{t}", torch.zeros(w.shape[0], device=w.device,
+                                                                    dtype=torch.float32))
+                if opt == "adam":
+                    self.register_buffer(f"state2_{t}", torch.zeros(w.shape, device=w.device,
+                                                                    dtype=torch.float32))
+            # Makes the output require grad so that the backward (the fused
+            # step) runs; it never receives a gradient.
+            self._trigger = torch.zeros((), requires_grad=True)
+
+    @property
+    def total_dim(self) -> int:
+        return sum(self.dims)
+
+    def _states(self, which: int) -> List[Tensor]:
+        return [getattr(self, f"state{which}_{t}") for t in range(len(self.weights))
+                if hasattr(self, f"state{which}_{t}")]
+
+    def _table_major(self, features, offsets):
+        if isinstance(features, (list, tuple)):
+            if offsets is not None:
+                raise ValueError("spembed: with per-feature (values, offsets) pairs, the "
+                                 "offsets argument must be None")
+            if len(features) != len(self.weights):
+                raise ValueError(f"spembed: expected {len(self.weights)} features, "
+                                 f"got {len(features)}")
+            vals, offs, base = [], [], None
+            for values, feature_offsets in features:
+                if values.dim() == 2:
+                    if feature_offsets is not None:
+                        raise ValueError("spembed: 2-D values take offsets None")
+                    b, length = values.shape
+                    feature_offsets = torch.arange(0, b * length + 1, max(length, 1),
+                                                   device=values.device,
+                                                   dtype=values.dtype)[: b + 1]
+                    values = values.reshape(-1)
+                feature_offsets = feature_offsets.to(values.dtype)
+                shift = feature_offsets[:-1] if base is None else feature_offsets[:-1] + base
+                offs.append(shift)
+                base = (feature_offsets[-1:] if base is None else feature_offsets[-1:] + base)
+                vals.append(values)
+            offs.append(base)
+            return torch.cat(vals), torch.cat(offs)
+        if offsets is None:
+            raise ValueError("spembed: offsets [T * B + 1] are required with table-major indices")
+        return features, offsets.to(features.dtype)
+
+    def forward(self, features: Union[Tensor, Sequence[Tuple[Tensor, Optional[Tensor]]]],
+                offsets: Optional[Tensor] = None,
+                per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        indices, offs = self._table_major(features, offsets)
+        psw = None if per_sample_weights is None else per_sample_weights.to(torch.float32)
+        pad = -1 if self.padding_idx is None else self.padding_idx
+        lookup = (self.mode_id, pad, self.bounds_id, 0)
+        if self.optimizer is None:
+            out, _ = torch.ops.spembed.embedding_bag_batched(list(self.weights), indices, offs,
+                                                             psw, *lookup, self.output_dtype)
+            return out
+        if psw is not None and per_sample_weights.requires_grad:
+            raise NotImplementedError("spembed: a fused-optimizer collection gives no "
+                                      "per_sample_weights gradient")
+        if not torch.is_grad_enabled():
+            out, _ = torch.ops.spembed.embedding_bag_batched(list(self.weights), indices, offs,
+                                                             psw, *lookup, self.output_dtype)
+            return out
+        return _FusedBatchedLookup.apply(self._trigger, self, indices, offs, psw, lookup,
+                                         *self.weights)
+
+    def _fused_step(self, grad_output, indices, offsets, psw, argmax, lookup):
+        self.step += 1
+        h = self.hparams
+        torch.ops.spembed.embedding_bag_batched_fused_step(
+            list(self.weights), self._states(1), self._states(2), grad_output, indices, offsets,
+            psw, argmax, *lookup, _ops.OPTIMIZERS[self.optimizer], h["lr"], h["eps"], h["beta1"],
+            h["beta2"], h["weight_decay"], self.step, h["seed"] + self.step,
+            h["stochastic_rounding"])
+
+
+class _FusedBatchedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, trigger, module, indices, offsets, psw, lookup, *weights):
+        out, argmax = torch.ops.spembed.embedding_bag_batched(list(weights), indices, offsets, psw,
+                                                              *lookup, module.output_dtype)
+        ctx.module = module
+        ctx.lookup = lookup
+        ctx.num_weights = len(weights)
+        ctx.save_for_backward(indices, offsets, psw, argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        indices, offsets, psw, argmax = ctx.saved_tensors
+        ctx.module._fused_step(grad_output.contiguous(), indices, offsets, psw, argmax,
+                               ctx.lookup)
+        return (None,) * (6 + ctx.num_weights)
+
+
+class VarlenSelfAttention(torch.nn.Module):
+    """Multi-head self-attention over packed sequences x [total, dim] with
+    cu_seqlens [B + 1] (int32), on spembed.ops.varlen_attention."""
+
+    def __init__(self, dim: int, heads: int, causal: bool = True,
+                 window: Optional[Tuple[int, int]] = None, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if dim % heads != 0:
+            raise ValueError(f"spembed: dim {dim} must be a multiple of heads {heads}")
+        self.heads, self.head_dim = heads, dim // heads
+        self.causal, self.window = causal, window
+        self.qkv = torch.nn.Linear(dim, 3 * dim, bias=bias, device=device, dtype=dtype)
+        self.proj = torch.nn.Linear(dim, dim, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, cu_seqlens: Tensor, max_seqlen: int = 0) -> Tensor:
+        total = x.shape[0]
+        q, k, v = self.qkv(x).view(total, 3, self.heads, self.head_dim).unbind(1)
+        o = _ops.varlen_attention(q, k, v, cu_seqlens, cu_seqlens, causal=self.causal,
+                                  window=self.window, max_seqlen_q=max_seqlen,
+                                  max_seqlen_k=max_seqlen)
+        return self.proj(o.reshape(total, -1))
+
+
+class SASRecBlock(torch.nn.Module):
+    """One SASRec transformer block over jagged user histories: pre-norm causal
+    self-attention and a point-wise feed-forward network, each with a residual.
+    x [total, dim] packs the histories; cu_seqlens [B + 1] (int32) delimits them."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, ffn_mult: int = 1,
+                 causal: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(dim, device=device, dtype=dtype)
+        self.attn = VarlenSelfAttention(dim, heads, causal=causal, device=device, dtype=dtype)
+        self.norm2 = torch.nn.LayerNorm(dim, device=device, dtype=dtype)
+        self.ffn = torch.nn.Sequential(
+            torch.nn.Linear(dim, ffn_mult * dim, device=device, dtype=dtype), torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(ffn_mult * dim, dim, device=device, dtype=dtype))
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cu_seqlens: Tensor, max_seqlen: int = 0) -> Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), cu_seqlens, max_seqlen))
+        return x + self.dropout(self.ffn(self.norm2(x)))

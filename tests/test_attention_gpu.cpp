@@ -1,0 +1,229 @@
+// CUDA varlen attention against the float64 reference, on fresh random
+// inputs with poisoned outputs. Bound: the kernels' largest error may be at
+// most twice that of a straightforward implementation in the inputs'
+// precision (attention_test_util's lowprec_attention), plus the rounding of
+// the output itself (u * max |ref|), the criterion flash-attention uses.
+// Also: lse of rows that see nothing is exactly -inf and O exactly 0, the
+// device-side offset checks (nothing written, report set), and the
+// backward's determinism over 20 runs.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "attention_test_util.h"
+#include "gpu_util.h"
+
+namespace spembed_test {
+namespace {
+
+// A device copy of a host tensor whose 3-D view the device view keeps.
+struct Dev {
+  explicit Dev(const HostTensor& h) : t(h), shape(h.dl()->shape, h.dl()->shape + h.dl()->ndim) {
+    t.dl()->ndim = h.dl()->ndim;
+    t.dl()->shape = shape.data();
+    t.dl()->strides = nullptr;
+  }
+  DeviceTensor t;
+  std::vector<int64_t> shape;
+  DLTensor* dl() { return t.dl(); }
+};
+
+struct GpuRun {
+  HostTensor out, lse, dq, dk, dv, report;
+};
+
+class AttentionGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SPEMBED_REQUIRE_CUDA_OR_SKIP();
+    ASSERT_EQ(spembed_create(&handle_), SPEMBED_STATUS_SUCCESS);
+  }
+  void TearDown() override {
+    if (handle_ != nullptr) spembed_destroy(handle_);
+  }
+
+  // Forward then backward on the device (backward from the device forward's
+  // O and lse). Outputs come back poisoned where not written.
+  GpuRun run(AttentionData& d, bool with_backward, int repeats_backward = 1,
+             std::vector<std::vector<uint8_t>>* backward_bytes = nullptr) {
+    GpuRun r;
+    r.out = make_q_like(d);
+    r.lse = make_lse(d);
+    r.report = make_report();
+    Dev q(d.q), k(d.k), v(d.v), dout(d.dout), cu_q(d.cu_q), cu_k(d.cu_k);
+    Dev out(r.out), lse(r.lse), report(r.report);
+    size_t fwd_bytes = 0, bwd_bytes = 0;
+    EXPECT_EQ(spembed_varlen_attention_forward_workspace_size(handle_, kDLCUDA, d.batch, d.total_q,
+                                                              d.c.heads, &fwd_bytes),
+              SPEMBED_STATUS_SUCCESS);
+    EXPECT_EQ(spembed_varlen_attention_backward_workspace_size(
+                  handle_, kDLCUDA, d.batch, d.total_q, d.c.heads, &bwd_bytes),
+              SPEMBED_STATUS_SUCCESS);
+    DeviceBuffer ws(std::max(fwd_bytes, bwd_bytes));
+    EXPECT_EQ(spembed_varlen_attention_forward(handle_, q.dl(), k.dl(), v.dl(), cu_q.dl(),
+                                               cu_k.dl(), &d.options, out.dl(), lse.dl(),
+                                               report.dl(), ws.get(), fwd_bytes, nullptr),
+              SPEMBED_STATUS_SUCCESS)
+        << spembed_last_error();
+    SPEMBED_CUDA_CHECK(cudaDeviceSynchronize());
+    out.t.download(r.out);
+    lse.t.download(r.lse);
+    report.t.download(r.report);
+    if (!with_backward) return r;
+    r.dq = make_q_like(d);
+    r.dk = make_k_like(d);
+    r.dv = make_k_like(d);
+    Dev dq(r.dq), dk(r.dk), dv(r.dv);
+    for (int i = 0; i < repeats_backward; ++i) {
+      EXPECT_EQ(spembed_varlen_attention_backward(
+                    handle_, q.dl(), k.dl(), v.dl(), out.dl(), dout.dl(), lse.dl(), cu_q.dl(),
+                    cu_k.dl(), &d.options, 1, dq.dl(), dk.dl(), dv.dl(), report.dl(), ws.get(),
+                    bwd_bytes, nullptr),
+                SPEMBED_STATUS_SUCCESS)
+          << spembed_last_error();
+      SPEMBED_CUDA_CHECK(cudaDeviceSynchronize());
+      dq.t.download(r.dq);
+      dk.t.download(r.dk);
+      dv.t.download(r.dv);
+      if (backward_bytes != nullptr) {
+        std::vector<uint8_t> all = r.dq.bytes();
+        for (const HostTensor* t : {&r.dk, &r.dv}) {
+          const std::vector<uint8_t> b = t->bytes();
+          all.insert(all.end(), b.begin(), b.end());
+        }
+        backward_bytes->push_back(std::move(all));
+      }
+    }
+    return r;
+  }
+
+  spembed_handle_t handle_ = nullptr;
+};
+
+double max_abs(const std::vector<double>& v) {
+  double m = 0.0;
+  for (double x : v)
+    if (std::isfinite(x)) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+void expect_within(const char* what, const std::vector<double>& got,
+                   const std::vector<double>& ref, const std::vector<double>& base, double u) {
+  const double bound = 2.0 * max_abs_diff(base, ref) + u * max_abs(ref);
+  const double err = max_abs_diff(got, ref);
+  EXPECT_LE(err, bound) << what << ": error " << err << " vs straightforward "
+                        << max_abs_diff(base, ref);
+}
+
+struct Shape {
+  std::vector<int64_t> lq, lk;
+  int heads, kv_heads, d;
+  bool causal;
+  int64_t wl = -1, wr = -1;
+};
+
+std::string describe(const Shape& s, DLDataType t) {
+  std::string lens;
+  for (size_t i = 0; i < s.lq.size(); ++i) {
+    lens += std::to_string(s.lq[i]) + "x" + std::to_string(s.lk[i]) + " ";
+  }
+  return dtype_name(t) + " h" + std::to_string(s.heads) + "/" + std::to_string(s.kv_heads) +
+         " d" + std::to_string(s.d) + (s.causal ? " causal " : " full ") + lens;
+}
+
+// The lengths {0, 1, 2, 97, 200, 500, 1025}, head dims {1, 25, 50, 64, 128,
+// 256} and heads {1, 2, 4, 8} with GQA, self and target (q != k lengths),
+// causal and not; long sequences with few heads so the float64 reference
+// stays affordable.
+std::vector<Shape> shapes() {
+  return {
+      {{0, 1, 2, 97}, {0, 1, 2, 97}, 1, 1, 1, false},
+      {{0, 1, 2, 97}, {0, 1, 2, 97}, 2, 1, 25, true},
+      {{97, 2, 0}, {200, 5, 3}, 4, 2, 50, true},
+      {{200, 1}, {200, 0}, 1, 1, 50, false},
+      {{16, 64, 1}, {1000, 500, 97}, 8, 2, 64, false},
+      {{16, 64, 1}, {1000, 500, 97}, 8, 8, 64, true},
+      {{97, 200}, {97, 200}, 2, 2, 128, true},
+      {{500}, {500}, 1, 1, 64, true, 64, -1},
+      {{1025}, {1025}, 1, 1, 32, true},
+      {{97, 33}, {97, 40}, 2, 1, 256, false},
+      {{40, 2}, {33, 7}, 4, 4, 256, true},
+      {{130, 7}, {90, 7}, 2, 2, 100, false, 5, 3},
+  };
+}
+
+TEST_F(AttentionGpu, ForwardAndBackwardMatchFloat64Reference) {
+  for (DLDataType t : {kF32, kF16, kBF16}) {
+    for (const Shape& s : shapes()) {
+      SCOPED_TRACE(describe(s, t));
+      AttentionCase c;
+      c.dtype = t;
+      c.heads = s.heads;
+      c.kv_heads = s.kv_heads;
+      c.head_dim = s.d;
+      c.lens_q = s.lq;
+      c.lens_k = s.lk;
+      c.causal = s.causal;
+      c.window_left = s.wl;
+      c.window_right = s.wr;
+      c.seed = 1000 + static_cast<uint64_t>(s.d) * 7 + static_cast<uint64_t>(t.bits);
+      AttentionData d = make_attention(c);
+      const GpuRun r = run(d, true);
+      EXPECT_EQ(r.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+      const AttentionResult ref = reference_attention(d);
+      const AttentionResult base = lowprec_attention(d);
+      const double u = unit_roundoff(t);
+      expect_within("out", read_all(r.out), ref.out, base.out, u);
+      const std::vector<double> lse = read_all(r.lse);
+      for (size_t i = 0; i < lse.size(); ++i) {
+        if (std::isinf(ref.lse[i])) {
+          ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse " << i << " = " << lse[i];
+        }
+      }
+      expect_within("lse", lse, ref.lse, base.lse, 0x1p-24);
+      expect_within("dq", read_all(r.dq), ref.dq, base.dq, u);
+      expect_within("dk", read_all(r.dk), ref.dk, base.dk, u);
+      expect_within("dv", read_all(r.dv), ref.dv, base.dv, u);
+    }
+  }
+}
+
+TEST_F(AttentionGpu, BackwardIsBitwiseDeterministic) {
+  AttentionCase c;
+  c.dtype = kBF16;
+  c.heads = 8;
+  c.kv_heads = 2;
+  c.head_dim = 64;
+  c.lens_q = {200, 1, 97, 500};
+  c.lens_k = {200, 30, 97, 500};
+  c.causal = true;
+  AttentionData d = make_attention(c);
+  std::vector<std::vector<uint8_t>> runs;
+  run(d, true, 20, &runs);
+  ASSERT_EQ(runs.size(), 20u);
+  for (size_t i = 1; i < runs.size(); ++i) EXPECT_TRUE(runs[i] == runs[0]) << "run " << i;
+}
+
+TEST_F(AttentionGpu, BadOffsetsWriteNothingAndAreReported) {
+  AttentionCase c;
+  c.heads = 2;
+  c.head_dim = 16;
+  c.lens_q = {5, 3};
+  c.lens_k = {5, 3};
+  AttentionData d = make_attention(c);
+  // cu_seqlens_k[1] = 9 > cu_seqlens_k[2] = 8 = total_k: bad entry 1.
+  d.cu_k = make_index_tensor(kI32, {0, 9, 8});
+  const GpuRun r = run(d, false);
+  EXPECT_EQ(r.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_INVALID_ARGUMENT);
+  EXPECT_EQ(r.report.get_int(SPEMBED_REPORT_BAD_OFFSET_POSITION), d.batch + 1 + 1);
+  HostTensor poisoned = make_q_like(d);
+  EXPECT_TRUE(r.out.bytes_equal(poisoned.bytes()));
+  HostTensor lse_poisoned = make_lse(d);
+  EXPECT_TRUE(r.lse.bytes_equal(lse_poisoned.bytes()));
+}
+
+}  // namespace
+}  // namespace spembed_test

@@ -228,6 +228,29 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag(const at::Tensor& weight_in,
   return {output, argmax};
 }
 
+// The single-table backward call shared by the ops: workspace from torch's
+// allocator through the size query, the call on torch's current stream, and
+// the device's bounds report checked (see sync_checks).
+static void run_backward(const spembed_embedding_bag_backward_args_t& args,
+                         const BackwardInputs& in, const at::Tensor& weight,
+                         const LookupArgs& a, spembed_backward_algorithm_t alg, const char* op) {
+  const c10::Device device = weight.device();
+  spembed_handle_t h = handle_for(device);
+  size_t ws_bytes = 0;
+  check(spembed_embedding_bag_backward_workspace_size(
+            h, args.table->device.device_type, dl_dtype(in.indices.scalar_type(), "indices"),
+            in.indices.numel(), weight.size(0), weight.size(1), alg, &ws_bytes),
+        op);
+  at::Tensor ws = workspace(device, ws_bytes);
+  at::Tensor report = report_if_checked(device, a.bounds_policy);
+  std::optional<View> vr;
+  check(spembed_embedding_bag_backward(h, &args, &in.options, alg, view_or_null(vr, report),
+                                       ws.defined() ? ws.data_ptr() : nullptr, ws_bytes,
+                                       stream_for(device)),
+        op);
+  check_report(report, op);
+}
+
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(
     const at::Tensor& grad_output, const at::Tensor& weight_in, const at::Tensor& indices,
     const OptTensor& offsets, const OptTensor& psw, const OptTensor& argmax, const LookupArgs& a,
@@ -244,25 +267,11 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(
                                       : at::Tensor();
   at::Tensor grad_psw = psw_grad ? at::empty({in.indices.numel()}, weight.options().dtype(at::kFloat))
                                  : at::Tensor();
-  std::optional<View> vg, vp, vr;
+  std::optional<View> vg, vp;
   args.grad_table = view_or_null(vg, grad_table);
   args.grad_per_sample_weights = view_or_null(vp, grad_psw);
-  spembed_handle_t h = handle_for(device);
-  size_t ws_bytes = 0;
-  check(spembed_embedding_bag_backward_workspace_size(
-            h, vt.dl.device.device_type, dl_dtype(in.indices.scalar_type(), "indices"),
-            in.indices.numel(), weight.size(0), weight.size(1), algorithm(deterministic),
-            &ws_bytes),
-        "embedding_bag_backward");
-  at::Tensor ws = workspace(device, ws_bytes);
-  at::Tensor report = report_if_checked(device, a.bounds_policy);
   if (weight_grad || psw_grad) {
-    check(spembed_embedding_bag_backward(h, &args, &in.options, algorithm(deterministic),
-                                         view_or_null(vr, report),
-                                         ws.defined() ? ws.data_ptr() : nullptr, ws_bytes,
-                                         stream_for(device)),
-          "embedding_bag_backward");
-    check_report(report, "embedding_bag_backward");
+    run_backward(args, in, weight, a, algorithm(deterministic), "embedding_bag_backward");
   }
   return {weight_grad ? grad_table.to(weight.scalar_type())
                       : at::empty({0}, weight.options()),
@@ -289,21 +298,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_sparse(
   args.unique_ids = vid.get();
   args.unique_grads = vrows.get();
   args.num_unique = vcount.get();
-  spembed_handle_t h = handle_for(device);
-  size_t ws_bytes = 0;
-  check(spembed_embedding_bag_backward_workspace_size(
-            h, vt.dl.device.device_type, dl_dtype(in.indices.scalar_type(), "indices"), capacity,
-            weight.size(0), weight.size(1), SPEMBED_BACKWARD_DETERMINISTIC, &ws_bytes),
-        "embedding_bag_backward_sparse");
-  at::Tensor ws = workspace(device, ws_bytes);
-  at::Tensor report = report_if_checked(device, a.bounds_policy);
-  std::optional<View> vr;
-  check(spembed_embedding_bag_backward(h, &args, &in.options, SPEMBED_BACKWARD_DETERMINISTIC,
-                                       view_or_null(vr, report),
-                                       ws.defined() ? ws.data_ptr() : nullptr, ws_bytes,
-                                       stream_for(device)),
-        "embedding_bag_backward_sparse");
-  check_report(report, "embedding_bag_backward_sparse");
+  run_backward(args, in, weight, a, SPEMBED_BACKWARD_DETERMINISTIC,
+               "embedding_bag_backward_sparse");
   // U is data-dependent: reading it is the one synchronisation of this op.
   const int64_t u = count.to(at::kCPU).item<int64_t>();
   return {ids.narrow(0, 0, u), rows.narrow(0, 0, u).to(weight.scalar_type())};
@@ -323,26 +319,12 @@ void embedding_bag_fused_step(const at::Tensor& weight, const OptTensor& state1,
   in.fill(args);
   View vt(weight);
   args.table = vt.get();
-  std::optional<View> vs1, vs2, vr;
+  std::optional<View> vs1, vs2;
   args.state1 = state1.has_value() ? view_or_null(vs1, *state1) : nullptr;
   args.state2 = state2.has_value() ? view_or_null(vs2, *state2) : nullptr;
   const spembed_optimizer_options_t opt = make_optimizer(o);
   args.optimizer = &opt;
-  spembed_handle_t h = handle_for(device);
-  size_t ws_bytes = 0;
-  check(spembed_embedding_bag_backward_workspace_size(
-            h, vt.dl.device.device_type, dl_dtype(in.indices.scalar_type(), "indices"),
-            in.indices.numel(), weight.size(0), weight.size(1), SPEMBED_BACKWARD_DETERMINISTIC,
-            &ws_bytes),
-        "embedding_bag_fused_step");
-  at::Tensor ws = workspace(device, ws_bytes);
-  at::Tensor report = report_if_checked(device, a.bounds_policy);
-  check(spembed_embedding_bag_backward(h, &args, &in.options, SPEMBED_BACKWARD_DETERMINISTIC,
-                                       view_or_null(vr, report),
-                                       ws.defined() ? ws.data_ptr() : nullptr, ws_bytes,
-                                       stream_for(device)),
-        "embedding_bag_fused_step");
-  check_report(report, "embedding_bag_fused_step");
+  run_backward(args, in, weight, a, SPEMBED_BACKWARD_DETERMINISTIC, "embedding_bag_fused_step");
 }
 
 std::tuple<at::Tensor, at::Tensor> embedding_bag_batched(

@@ -216,4 +216,17 @@ void release_backward_inputs();
 // Lines describing the backward's byte model, printed by main.
 const char* backward_byte_model();
 
+// ---- hooks of the attention benchmarks (attention_bench.cpp) --------------------------------
+
+// Registers the attention benchmarks after the embedding bag ones, on the path
+// g_config selects (its GPU state is created here).
+void register_attention();
+// Prints the attention rows of the run (case, peer, us, TFLOP/s, speedup).
+void print_attention_summary();
+// Frees the attention inputs and the cuBLAS handle; main calls it before
+// tearing down the GPU context.
+void release_attention_inputs();
+// Lines describing the attention FLOP model and peers, printed by main.
+const char* attention_flop_model();
+
 }  // namespace spembed_bench

@@ -633,13 +633,14 @@ int main(int argc, char** argv) {
 
   std::printf(
       "spembed_bench: embedding bag forward, spembed %d vs cuSPARSE SpMM vs naive; "
-      "backward, spembed deterministic vs atomic vs stock atomicAdd scatter\n",
+      "backward, spembed deterministic vs atomic vs stock atomicAdd scatter; varlen "
+      "attention forward and backward, spembed vs cuBLAS GEMMs + masked softmax\n",
       spembed_get_version());
   std::printf(
       "Forward byte model: rows read (nnz * dim * elem, repeats counted) + int64 ids + int64 "
       "offsets + output written; the same for Zipf ids, where L2 hits make it an "
-      "effective rate.\n%s",
-      backward_byte_model());
+      "effective rate.\n%s%s",
+      backward_byte_model(), attention_flop_model());
   int devices = 0;
   const cudaError_t err = cudaGetDeviceCount(&devices);
   g_config.gpu = !force_cpu && err == cudaSuccess && devices > 0;
@@ -681,9 +682,12 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("copy_GBps", std::to_string(g_config.copy_gbps));
   register_all();
   register_backward();
+  register_attention();
   benchmark::RunSpecifiedBenchmarks();
   print_summary();
+  print_attention_summary();
   release_backward_inputs();
+  release_attention_inputs();
   if (g_config.gpu) {
     teardown_gpu();
   } else {

@@ -3,7 +3,7 @@
 
 Usage:
   bench_report.py SPEMBED_JSON [--torch TORCH_JSON] [--torch-backward TORCH_BWD_JSON]
-                  [-o OUT.md]
+                  [--torch-attention TORCH_ATTN_JSON] [-o OUT.md]
 
 SPEMBED_JSON is Google Benchmark's output of spembed_bench
 (--benchmark_out=FILE --benchmark_out_format=json). Each case (shape, ids,
@@ -21,6 +21,18 @@ backward + row-wise Adagrad >= 60% of copy bandwidth on the large uniform
 shapes; deterministic within 1.15x the atomic path's time (dense gradient,
 every ids distribution); >= 3x PyTorch's backward + optimizer step (the faster
 of its dense and sparse=True variants) on every shape.
+
+The attention benchmarks (names attn/<shape>/<dtype>/<fwd|bwd>/<peer>) get one
+table: a row per (shape, dtype, direction), the peers side by side (median
+us, TFLOP/s by the FLOP model, and spembed's speedup over that peer: the
+peer's time over spembed's), with torch_attention.py's peers merged in
+(--torch-attention; the table is complete without it, on CPU runs too). Then
+the issue's attention targets (GPU runs), judged per case: fp16 / bf16
+forward >= 1.2x FA2 varlen (the faster of torch_varlen and
+flash_attn_varlen) and >= 2x the best padded SDPA backend; backward >= 1.0x
+FA2 varlen; fp32 (forward and backward) >= 2x torch's memory-efficient SDPA;
+the long case >= 0.8x the best peer, whichever it is (the other targets are
+not applied to it).
 """
 
 import argparse
@@ -40,19 +52,38 @@ BWD_ROWWISE_TARGET_PCT = 60.0
 BWD_ATOMIC_RATIO = 1.15
 BWD_TORCH_TARGET_SPEEDUP = 3.0
 OPTIMIZER_OUTPUTS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+# Attention: peers in column order, and the targets.
+ATTN_PEERS = ("spembed", "stock", "torch_varlen", "flash_attn_varlen", "torch_flash",
+              "torch_efficient", "torch_cudnn", "torch_math")
+ATTN_FA2_PEERS = ("torch_varlen", "flash_attn_varlen")
+ATTN_PADDED_PEERS = ("torch_flash", "torch_efficient", "torch_cudnn", "torch_math")
+ATTN_FWD_FA2_SPEEDUP = 1.2
+ATTN_FWD_PADDED_SPEEDUP = 2.0
+ATTN_BWD_FA2_SPEEDUP = 1.0
+ATTN_FP32_EFFICIENT_SPEEDUP = 2.0
+ATTN_LONG_BEST_PEER_RATIO = 0.8
 
 
 def load_spembed(path):
-    """(context, forward rows, backward rows)."""
+    """(context, forward rows, backward rows, attention rows)."""
     with open(path) as f:
         data = json.load(f)
     context = data.get("context", {})
     rows = []
     bwd_rows = []
+    attn_rows = []
     for b in data.get("benchmarks", []):
         if b.get("run_type", "iteration") != "iteration":
             continue
         parts = b["name"].split("/")
+        if len(parts) >= 5 and parts[0] in ("attn", "attn_cpu"):
+            row = {"case": "/".join(parts[1:4]), "peer": parts[4], "label": b.get("label", "")}
+            if b.get("error_occurred"):
+                row["error"] = b.get("error_message", "error")
+            else:
+                row.update(us=b["us"], TFLOPs=b["TFLOPs"])
+            attn_rows.append(row)
+            continue
         if len(parts) < 6 or parts[0] not in ("eb", "eb_cpu", "ebb", "ebb_cpu"):
             continue
         row = {"case": "/".join(parts[1:5]), "peer": parts[5], "label": b.get("label", "")}
@@ -62,7 +93,7 @@ def load_spembed(path):
             row.update(us=b["us"], GBps=b["GBps"], pct_copy_bw=b["pct_copy_bw"],
                        model_bytes=b.get("model_bytes", 0.0))
         (bwd_rows if parts[0].startswith("ebb") else rows).append(row)
-    return context, rows, bwd_rows
+    return context, rows, bwd_rows, attn_rows
 
 
 def load_torch(path, copy_gbps, rows_by_case):
@@ -92,16 +123,18 @@ def main():
     parser.add_argument("--torch", help="torch_embedding_bag.py --json output")
     parser.add_argument("--torch-backward",
                         help="torch_embedding_bag_backward.py --json output")
+    parser.add_argument("--torch-attention", help="torch_attention.py --json output")
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args()
 
     try:
-        context, rows, bwd_rows = load_spembed(args.spembed_json)
+        context, rows, bwd_rows, attn_rows = load_spembed(args.spembed_json)
     except (OSError, ValueError) as e:
         print(f"bench_report: cannot read {args.spembed_json}: {e}", file=sys.stderr)
         return 1
-    if not rows and not bwd_rows:
-        print(f"bench_report: no embedding bag results in {args.spembed_json}", file=sys.stderr)
+    if not rows and not bwd_rows and not attn_rows:
+        print(f"bench_report: no embedding bag or attention results in {args.spembed_json}",
+              file=sys.stderr)
         return 1
     copy_gbps = float(context.get("copy_GBps", 0.0) or 0.0)
     by_case = {}
@@ -131,8 +164,18 @@ def main():
             if r.get("case") in bwd_by_case or not bwd_rows:
                 bwd_by_case.setdefault(r["case"], []).append(r)
 
+    torch_attn_info = None
+    if args.torch_attention:
+        try:
+            with open(args.torch_attention) as f:
+                torch_attn_info = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"warning: torch attention results not read: {e}", file=sys.stderr)
+    if torch_attn_info is not None:
+        attn_rows = attn_rows + [dict(r) for r in torch_attn_info.get("results", [])]
+
     lines = []
-    torch_version = (torch_info or torch_bwd_info or {}).get("torch")
+    torch_version = (torch_info or torch_bwd_info or torch_attn_info or {}).get("torch")
     lines.append(f"Device: {context.get('device', context.get('host_name', '?'))}; "
                  f"path: {context.get('path', '?')}; copy bandwidth {fmt(copy_gbps, 0)} GB/s "
                  f"(read + write)"
@@ -145,6 +188,8 @@ def main():
         lines.extend(forward_section(context, by_case, torch_info is not None, gpu))
     if bwd_rows:
         lines.extend(backward_section(context, bwd_by_case, torch_bwd_info is not None, gpu))
+    if attn_rows:
+        lines.extend(attention_section(context, attn_rows, torch_attn_info, gpu))
     return write(args.output, lines)
 
 
@@ -268,6 +313,96 @@ def backward_checks(case, mine, rows, have_torch):
             out.append((case, target, f"{s:.2f}x vs {best['peer']}",
                         s >= BWD_TORCH_TARGET_SPEEDUP))
     return out
+
+
+def attention_section(context, attn_rows, torch_info, gpu):
+    lines = ["### Attention", ""]
+    lines.append(context.get("attention_flop_model", "Attention FLOP model: ?").strip())
+    if torch_info is not None:
+        lines.append(f"PyTorch peers: torch_attention.py, torch {torch_info.get('torch', '?')} "
+                     f"on {torch_info.get('device', '?')}, {torch_info.get('iters', '?')} timed "
+                     f"runs each.")
+    else:
+        lines.append("PyTorch peers: no torch_attention.py results (no GPU or no PyTorch, "
+                     "or --torch-attention not given).")
+    lines.append("")
+    by_case = {}
+    for r in attn_rows:
+        by_case.setdefault(r["case"], {})[r["peer"]] = r
+    present = [p for p in ATTN_PEERS if any(p in peers for peers in by_case.values())]
+    present += sorted({p for peers in by_case.values() for p in peers} - set(present))
+    lines.append("Each cell: median us / TFLOP/s; on other peers' cells, spembed's speedup "
+                 "(that peer's time / spembed's).")
+    lines.append("")
+    lines.append("| shape | dtype | dir | " + " | ".join(present) + " |")
+    lines.append("|---|---|---|" + "---:|" * len(present))
+    errors = []
+    checks = []
+    for case, peers in by_case.items():
+        shape, dtype, direction = case.split("/")
+        mine = peers.get("spembed")
+        if mine is not None and "error" in mine:
+            mine_ok = None
+        else:
+            mine_ok = mine
+        cells = []
+        for p in present:
+            r = peers.get(p)
+            if r is None:
+                cells.append("")
+            elif "error" in r:
+                errors.append(f"{case} {p}: {r['error']}")
+                cells.append(f"error [{len(errors)}]")
+            else:
+                cell = f"{fmt(r['us'])} / {r['TFLOPs']:.3g}"
+                if mine_ok is not None and p != "spembed":
+                    cell += f" / {r['us'] / mine_ok['us']:.2f}x"
+                cells.append(cell)
+        lines.append(f"| {shape} | {dtype} | {direction} | " + " | ".join(cells) + " |")
+        checks.extend(attention_checks(case, peers, torch_info is not None))
+    if errors:
+        lines.append("")
+        lines.append("Errors and skips:")
+        lines.append("")
+        for i, e in enumerate(errors, 1):
+            lines.append(f"{i}. {e}")
+    lines.extend(targets_table(checks, gpu))
+    return lines
+
+
+def attention_checks(case, peers, have_torch):
+    """(case, target, value, met) of the attention targets for one case."""
+    shape, dtype, direction = case.split("/")
+    mine = peers.get("spembed")
+    if mine is None or "error" in mine:
+        err = (mine or {}).get("error", "no result")
+        return [(case, "spembed ran", err, None if "cannot allocate" in err else False)]
+    ok = {p: r for p, r in peers.items() if "error" not in r and p != "spembed"}
+
+    def versus(names, factor, what):
+        target = f">= {factor}x {what}"
+        got = [ok[p] for p in names if p in ok]
+        if not got:
+            why = "no torch results" if not have_torch else "no result from " + "/".join(names)
+            return (case, target, why, None)
+        best = min(got, key=lambda r: r["us"])
+        s = best["us"] / mine["us"]
+        return (case, target, f"{s:.2f}x vs {best['peer']}", s >= factor)
+
+    if shape.startswith("long_"):
+        target = f">= {ATTN_LONG_BEST_PEER_RATIO}x the best peer"
+        if not ok:
+            return [(case, target, "no peer result", None)]
+        best = min(ok.values(), key=lambda r: r["us"])
+        s = best["us"] / mine["us"]
+        return [(case, target, f"{s:.2f}x vs {best['peer']}", s >= ATTN_LONG_BEST_PEER_RATIO)]
+    if dtype == "fp32":
+        return [versus(("torch_efficient",), ATTN_FP32_EFFICIENT_SPEEDUP,
+                       "torch efficient SDPA (fp32)")]
+    if direction == "fwd":
+        return [versus(ATTN_FA2_PEERS, ATTN_FWD_FA2_SPEEDUP, "FA2 varlen"),
+                versus(ATTN_PADDED_PEERS, ATTN_FWD_PADDED_SPEEDUP, "best padded SDPA backend")]
+    return [versus(ATTN_FA2_PEERS, ATTN_BWD_FA2_SPEEDUP, "FA2 varlen")]
 
 
 def write(path, lines):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build for sm_90, run the GPU tests, run them again
 # under compute-sanitizer memcheck, run spembed_bench and the PyTorch peers
-# (forward and backward), and write a markdown report. Each step runs even if
+# (embedding bag forward and backward, attention), and write a markdown
+# report. Each step runs even if
 # an earlier one failed (when it can: no binary, no run); the script exits
 # non-zero if any step failed.
 #
@@ -71,12 +72,14 @@ if [[ -n ${OUT:-} ]]; then
   bench_json=$OUT/spembed_bench.json
   torch_json=$OUT/torch_embedding_bag.json
   torch_bwd_json=$OUT/torch_embedding_bag_backward.json
+  torch_attn_json=$OUT/torch_attention.json
 else
   out_dir=$repo/$build_dir/device_check
   report=$repo/benchmarks/results/$stamp-$slug.md
   bench_json=$repo/benchmarks/results/$stamp-$slug-spembed.json
   torch_json=$repo/benchmarks/results/$stamp-$slug-torch.json
   torch_bwd_json=$repo/benchmarks/results/$stamp-$slug-torch-backward.json
+  torch_attn_json=$repo/benchmarks/results/$stamp-$slug-torch-attention.json
 fi
 mkdir -p "$out_dir" "$(dirname "$report")"
 build_log=$out_dir/build.log
@@ -338,7 +341,7 @@ if [[ $have_benchmark == no ]]; then
 elif [[ ! -x $bench_bin ]]; then
   record spembed_bench fail "not built"
 else
-  limit=$(step_limit 240 160)
+  limit=$(step_limit 240 180)
   log "spembed_bench (at most ${limit}s)"
   timeout -k 5 "$limit" "$bench_bin" --benchmark_out="$bench_json" \
     --benchmark_out_format=json "${bench_args[@]}" 2>&1 | tee -a "$bench_log"
@@ -353,7 +356,7 @@ else
   fi
 fi
 
-limit=$(step_limit 120 75)
+limit=$(step_limit 120 95)
 if ((limit < 20)); then
   record torch_embedding_bag fail "no time left"
 else
@@ -371,7 +374,7 @@ else
   fi
 fi
 
-limit=$(step_limit 150 15)
+limit=$(step_limit 150 35)
 if ((limit < 20)); then
   record torch_embedding_bag_backward fail "no time left"
 else
@@ -386,6 +389,28 @@ else
     record torch_embedding_bag_backward skip "PyTorch or CUDA not available to it"
   else
     record torch_embedding_bag_backward pass ""
+  fi
+fi
+
+# The attention peers stop starting new cases 10 s before their limit, so a
+# tight budget still leaves a JSON of the cases that ran.
+limit=$(step_limit 90 10)
+if ((limit < 20)); then
+  record torch_attention fail "no time left"
+else
+  log "torch_attention.py (at most ${limit}s)"
+  rm -f "$torch_attn_json"
+  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 benchmarks/torch_attention.py \
+    --json "$torch_attn_json" --budget-s $((limit - 10)) 2>&1 | tee -a "$bench_log"
+  rc=${PIPESTATUS[0]}
+  if ((rc != 0)); then
+    record torch_attention fail "exit $rc (124: out of time)"
+  elif [[ ! -f $torch_attn_json ]]; then
+    record torch_attention skip "PyTorch or CUDA not available to it"
+  elif grep -q 'budget-s .* reached' "$bench_log"; then
+    record torch_attention pass "cut short by its time budget: some cases not run"
+  else
+    record torch_attention pass ""
   fi
 fi
 
@@ -411,6 +436,7 @@ if [[ -f $bench_json ]]; then
   torch_arg=()
   [[ -f $torch_json ]] && torch_arg=(--torch "$torch_json")
   [[ -f $torch_bwd_json ]] && torch_arg+=(--torch-backward "$torch_bwd_json")
+  [[ -f $torch_attn_json ]] && torch_arg+=(--torch-attention "$torch_attn_json")
   table=$(python3 scripts/bench_report.py "$bench_json" "${torch_arg[@]}" 2>&1) ||
     record report fail "bench_report.py failed"
 fi
@@ -435,7 +461,7 @@ fi
     echo "| $name | $status | $detail |"
   done
   echo
-  echo "## Embedding bag forward and backward"
+  echo "## Embedding bag forward and backward; varlen attention"
   echo
   if [[ -n $table ]]; then echo "$table"; else echo "No benchmark results."; fi
   if [[ -s $out_dir/torch_ops.jsonl ]]; then

@@ -4,13 +4,15 @@
 # the forward against cuSPARSE SpMM and a naive kernel, the backward (alone and
 # with each fused optimizer) against its atomic path and a stock atomicAdd
 # kernel, plus PyTorch's forward and backward + optimizer step when PyTorch
-# sees the GPU. Without a GPU the binary says so plainly and runs the CPU path
-# on reduced shapes (under a minute on two cores).
+# sees the GPU; and the varlen attention forward and backward against the
+# stock padded path (cuBLAS GEMMs + masked softmax) and PyTorch's SDPA
+# backends and varlen attention. Without a GPU the binary says so plainly and
+# runs the CPU path on reduced shapes (under two minutes on two cores).
 #
 # Usage: scripts/main.sh [spembed_bench flags, e.g. --iters=20 --benchmark_filter=...]
 # Results: $BENCH_OUT (default $BUILD_DIR/bench): spembed_bench.json,
-# torch_embedding_bag.json and torch_embedding_bag_backward.json (GPU +
-# PyTorch only), report.md, and torch_ops.jsonl: the `spembed` package's torch
+# torch_embedding_bag.json, torch_embedding_bag_backward.json and
+# torch_attention.json (GPU + PyTorch only), report.md, and torch_ops.jsonl: the `spembed` package's torch
 # ops against torch's own (GPU + the package installed by scripts/test.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -28,10 +30,14 @@ python3 "$SPEMBED_ROOT/benchmarks/torch_embedding_bag.py" --json "$out_dir/torch
 rm -f "$out_dir/torch_embedding_bag_backward.json"
 python3 "$SPEMBED_ROOT/benchmarks/torch_embedding_bag_backward.py" \
   --json "$out_dir/torch_embedding_bag_backward.json"
+rm -f "$out_dir/torch_attention.json"
+python3 "$SPEMBED_ROOT/benchmarks/torch_attention.py" --json "$out_dir/torch_attention.json"
 torch_args=()
 [ -f "$out_dir/torch_embedding_bag.json" ] && torch_args=(--torch "$out_dir/torch_embedding_bag.json")
 [ -f "$out_dir/torch_embedding_bag_backward.json" ] &&
   torch_args+=(--torch-backward "$out_dir/torch_embedding_bag_backward.json")
+[ -f "$out_dir/torch_attention.json" ] &&
+  torch_args+=(--torch-attention "$out_dir/torch_attention.json")
 
 python3 "$SPEMBED_ROOT/scripts/bench_report.py" "$out_dir/spembed_bench.json" "${torch_args[@]}" \
   -o "$out_dir/report.md"

@@ -5,8 +5,10 @@
 //      non-decreasing, last entry total) into the record, and writes the tile
 //      schedules: q_starts[b] = sum over b' < b of ceil(Lq_b' / q rows),
 //      k_starts likewise for keys (block-wide scans over B in chunks);
-//   2. the compute kernels (attention_kernel.cuh), which return at once if
-//      the record shows a bad entry;
+//   2. the compute kernels, which return at once if the record shows a bad
+//      entry: the forward on tensor cores (attention_mma_kernel.cuh) for
+//      fp16 / bf16 when use_mma_forward holds, else the SIMT kernels
+//      (attention_kernel.cuh);
 //   3. the report, if p.report is set.
 // The host never reads cu_seqlens: grids come from ceil(total / rows) + B,
 // which bounds the number of tiles; blocks past the schedule's end exit.
@@ -15,9 +17,11 @@
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention.h"
 #include "kernels/attention_kernel.cuh"
+#include "kernels/attention_mma_kernel.cuh"
 #include "kernels/static_switch.cuh"
 
 namespace spembed::detail {
@@ -32,6 +36,12 @@ SPEMBED_ATTENTION_EXTERN(float)
 SPEMBED_ATTENTION_EXTERN(__half)
 SPEMBED_ATTENTION_EXTERN(__nv_bfloat16)
 #undef SPEMBED_ATTENTION_EXTERN
+extern template int launch_attention_mma_forward<__half>(const AttentionParams&,
+                                                         const AttentionLaunch&, int,
+                                                         cudaStream_t);
+extern template int launch_attention_mma_forward<__nv_bfloat16>(const AttentionParams&,
+                                                                const AttentionLaunch&, int,
+                                                                cudaStream_t);
 
 namespace {
 
@@ -147,11 +157,35 @@ int launch_report(const AttentionParams& p, const Workspace& w, cudaStream_t str
 
 // Queries per sequence the forward plans for: the caller's bound, else the
 // mean (a hint only: every tile shape is correct for every length).
-int forward_tpr(const AttentionParams& p) {
-  const int64_t rows = p.max_seqlen_q > 0 ? p.max_seqlen_q
-                       : p.batch > 0      ? (p.total_q + p.batch - 1) / p.batch
-                                          : 0;
-  return rows <= kShortQueryRows ? 16 : 4;
+int64_t forward_rows_hint(const AttentionParams& p) {
+  return p.max_seqlen_q > 0 ? p.max_seqlen_q
+         : p.batch > 0      ? (p.total_q + p.batch - 1) / p.batch
+                            : 0;
+}
+
+int forward_tpr(const AttentionParams& p) { return forward_rows_hint(p) <= kShortQueryRows ? 16 : 4; }
+
+// The tensor-core forward needs fp16 / bf16, head_dim a multiple of 8 up to
+// 128, and every row of q, k, v and out at a 16-byte boundary (cp.async and
+// the output stores move 16 bytes): base pointers 16-byte aligned, token and
+// head strides multiples of 8 elements.
+bool rows_16_byte_aligned(const TokenTensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.token_stride % kMmaHeadDimAlign == 0 &&
+         t.head_stride % kMmaHeadDimAlign == 0;
+}
+
+bool use_mma_forward(const AttentionParams& p) {
+  return (p.dtype == DType::kF16 || p.dtype == DType::kBF16) &&
+         p.head_dim % kMmaHeadDimAlign == 0 && p.head_dim <= kMmaMaxHeadDim &&
+         rows_16_byte_aligned(p.q) && rows_16_byte_aligned(p.k) && rows_16_byte_aligned(p.v) &&
+         rows_16_byte_aligned(p.out);
+}
+
+// Warps per block of the tensor-core forward: 1 (16 queries) when sequences
+// hold at most 16 queries (one warp's mma rows), else 4 (64 queries). Same
+// hint as forward_tpr.
+int mma_forward_warps(const AttentionParams& p) {
+  return forward_rows_hint(p) <= kMmaWarpRows ? 1 : 4;
 }
 
 }  // namespace
@@ -159,8 +193,10 @@ int forward_tpr(const AttentionParams& p) {
 int attention_forward_cuda(const AttentionParams& p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const Workspace w = carve(p);
+  const bool mma = use_mma_forward(p);
+  const int mma_warps = mma_forward_warps(p);
   const int tpr = forward_tpr(p);
-  const int q_rows = attention_rows(tpr);
+  const int q_rows = mma ? attention_mma_rows(mma_warps) : attention_rows(tpr);
   if (const int error = launch_plan(p, w, q_rows, kAttnKeyTile, stream)) return error;
   AttentionLaunch l;
   l.record = w.record;
@@ -168,7 +204,12 @@ int attention_forward_cuda(const AttentionParams& p, void* stream_handle) {
   l.grid_tiles = grid_tiles(p.total_q, p.batch, q_rows);
   if (l.grid_tiles > 0 && p.total_q > 0) {
     const int error = SPEMBED_DTYPE_SWITCH(p.dtype, T, [&] {
-      return launch_attention_forward<T>(p, l, tpr, stream);
+      if constexpr (std::is_same_v<T, float>) {
+        return launch_attention_forward<T>(p, l, tpr, stream);
+      } else {
+        return mma ? launch_attention_mma_forward<T>(p, l, mma_warps, stream)
+                   : launch_attention_forward<T>(p, l, tpr, stream);
+      }
     });
     if (error != 0) return error;
   }

@@ -19,12 +19,12 @@
 namespace spembed_test {
 namespace {
 
-// A device copy of a host tensor whose 3-D view the device view keeps.
+// A device copy of a host tensor whose 3-D view (shape, and strides when the
+// view has them) the device view keeps.
 struct Dev {
   explicit Dev(const HostTensor& h) : t(h), shape(h.dl()->shape, h.dl()->shape + h.dl()->ndim) {
     t.dl()->ndim = h.dl()->ndim;
     t.dl()->shape = shape.data();
-    t.dl()->strides = nullptr;
   }
   DeviceTensor t;
   std::vector<int64_t> shape;
@@ -155,6 +155,20 @@ std::vector<Shape> shapes() {
   };
 }
 
+void expect_forward_matches(const AttentionData& d, const GpuRun& r) {
+  EXPECT_EQ(r.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+  const AttentionResult ref = reference_attention(d);
+  const AttentionResult base = lowprec_attention(d);
+  expect_within("out", read_all(r.out), ref.out, base.out, unit_roundoff(d.c.dtype));
+  const std::vector<double> lse = read_all(r.lse);
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(ref.lse[i])) {
+      ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse " << i << " = " << lse[i];
+    }
+  }
+  expect_within("lse", lse, ref.lse, base.lse, 0x1p-24);
+}
+
 TEST_F(AttentionGpu, ForwardAndBackwardMatchFloat64Reference) {
   for (DLDataType t : {kF32, kF16, kBF16}) {
     for (const Shape& s : shapes()) {
@@ -187,6 +201,109 @@ TEST_F(AttentionGpu, ForwardAndBackwardMatchFloat64Reference) {
       expect_within("dq", read_all(r.dq), ref.dq, base.dq, u);
       expect_within("dk", read_all(r.dk), ref.dk, base.dk, u);
       expect_within("dv", read_all(r.dv), ref.dv, base.dv, u);
+    }
+  }
+}
+
+// The tensor-core forward (fp16 / bf16, head_dim a multiple of 8 up to 128,
+// 16-byte aligned rows; kernels/attention_mma_kernel.cuh): lengths around its
+// 16-row warp tiles and 64-key tiles (1, 15, 16, 17, 63, 64, 65, 200, 1025),
+// head dims 32 / 64 / 128 and the padded buckets (8, 40, 120), causal and
+// sliding windows, GQA / MQA, q length != k length (rows that see nothing),
+// both block shapes (max_seqlen_q <= 16: 16 rows; else 64), a wrong hint, and
+// strided views.
+struct MmaShape {
+  Shape s;
+  int64_t max_seqlen_q = 0;  // the hint (0: unknown)
+};
+
+std::vector<MmaShape> mma_shapes() {
+  const std::vector<int64_t> edges{1, 15, 16, 17, 63, 64, 65, 200};
+  return {
+      {{edges, edges, 2, 2, 64, false}},
+      {{edges, edges, 4, 2, 32, true}},
+      {{edges, edges, 2, 1, 128, true}},
+      {{edges, edges, 2, 2, 64, false, 17, 3}},
+      {{edges, edges, 2, 2, 128, true, 40, -1}},
+      {{{1025}, {1025}, 1, 1, 128, true}},
+      {{{1025}, {1025}, 1, 1, 64, false, 100, 100}},
+      // Target attention: few queries against long histories, and more
+      // queries than keys (causal bottom-right hides the first rows).
+      {{{1, 15, 16, 17, 5, 3}, {200, 65, 64, 1, 0, 63}, 4, 1, 128, true}, 16},
+      {{{1, 15, 16, 17, 5, 3}, {200, 65, 64, 1, 0, 63}, 4, 1, 64, false}, 16},
+      {{{16, 1, 8}, {1025, 64, 130}, 8, 2, 32, true}, 0},
+      // A hint below the real lengths: the 16-row blocks serve long sequences.
+      {{{200, 3, 65}, {200, 70, 65}, 2, 1, 64, true}, 4},
+      // Padded head-dim buckets: 8 -> 32, 40 -> 64, 120 -> 128.
+      {{{17, 64, 65}, {17, 64, 65}, 2, 1, 8, true}},
+      {{{17, 64, 200}, {63, 64, 200}, 2, 2, 40, false}},
+      {{{65, 16}, {65, 100}, 2, 1, 120, true, 30, -1}},
+  };
+}
+
+AttentionData make_mma_case(const Shape& s, DLDataType t, int64_t max_seqlen_q) {
+  AttentionCase c;
+  c.dtype = t;
+  c.heads = s.heads;
+  c.kv_heads = s.kv_heads;
+  c.head_dim = s.d;
+  c.lens_q = s.lq;
+  c.lens_k = s.lk;
+  c.causal = s.causal;
+  c.window_left = s.wl;
+  c.window_right = s.wr;
+  c.seed = 5000 + static_cast<uint64_t>(s.d) * 13 + static_cast<uint64_t>(t.bits);
+  AttentionData d = make_attention(c);
+  d.options.max_seqlen_q = max_seqlen_q;
+  return d;
+}
+
+// `t` ([tokens, heads, head_dim] over 2-D storage) copied into storage with
+// `pad` extra elements per token and `byte_offset` bytes before element 0.
+HostTensor restride(const HostTensor& t, int heads, int head_dim, int64_t pad,
+                    uint64_t byte_offset) {
+  const int64_t tokens = t.size(0), cols = t.size(1);
+  HostTensor r(t.dtype(), {tokens, cols}, {cols + pad, 1}, byte_offset);
+  for (int64_t i = 0; i < tokens; ++i) {
+    for (int64_t j = 0; j < cols; ++j) r.set(i, j, t.get(i, j));
+  }
+  r.set_view_shape({tokens, heads, head_dim});
+  r.set_view_strides({cols + pad, head_dim, 1});
+  return r;
+}
+
+TEST_F(AttentionGpu, TensorCoreForwardBoundaries) {
+  for (DLDataType t : {kF16, kBF16}) {
+    for (const MmaShape& m : mma_shapes()) {
+      SCOPED_TRACE(describe(m.s, t) + " max_seqlen_q " + std::to_string(m.max_seqlen_q));
+      AttentionData d = make_mma_case(m.s, t, m.max_seqlen_q);
+      expect_forward_matches(d, run(d, false));
+    }
+  }
+}
+
+// Strided views: token strides padded by a multiple of 8 elements keep the
+// tensor-core path; a stride or base pointer off the 16-byte grid falls back
+// to the SIMT kernel. Both must match the reference.
+TEST_F(AttentionGpu, TensorCoreForwardStridesAndFallback) {
+  struct Layout {
+    const char* name;
+    int64_t pad;
+    uint64_t byte_offset;
+  };
+  const Layout layouts[] = {{"padded by 8 (tensor cores)", 8, 0},
+                            {"offset by 16 bytes (tensor cores)", 0, 16},
+                            {"padded by 4 (fallback)", 4, 0},
+                            {"offset by 2 bytes (fallback)", 0, 2}};
+  const Shape s{{17, 64, 65}, {30, 64, 65}, 4, 2, 64, true};
+  for (DLDataType t : {kF16, kBF16}) {
+    for (const Layout& layout : layouts) {
+      SCOPED_TRACE(describe(s, t) + layout.name);
+      AttentionData d = make_mma_case(s, t, 0);
+      d.q = restride(d.q, s.heads, s.d, layout.pad, layout.byte_offset);
+      d.k = restride(d.k, s.kv_heads, s.d, layout.pad, layout.byte_offset);
+      d.v = restride(d.v, s.kv_heads, s.d, layout.pad, layout.byte_offset);
+      expect_forward_matches(d, run(d, false));
     }
   }
 }

@@ -7,7 +7,8 @@
 //  - masked softmax: one warp per (sequence, head, query row); lanes stride
 //    over the row's keys; one pass for the running max and sum (merged across
 //    lanes with shuffles), one pass to write P.
-//  - fill / compare: grid-stride loops, one element per thread per step.
+//  - fill / compare: grid-stride loops, one element per thread per step
+//    (bench_device.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -15,6 +16,7 @@
 #include <cmath>
 
 #include "attention_baseline.h"
+#include "bench_device.cuh"
 
 namespace spembed_bench {
 namespace {
@@ -40,29 +42,8 @@ unsigned grid_stride_blocks(int64_t n) {
   return static_cast<unsigned>(needed < cap ? (needed > 0 ? needed : 1) : cap);
 }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+using device::from_float;
+using device::to_float;
 
 // The runtime type as a template parameter, in one place.
 template <typename F>
@@ -76,16 +57,6 @@ cudaError_t dispatch_type(AttnType t, F&& f) {
       return f(__nv_bfloat16{});
   }
   return cudaErrorInvalidValue;
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kBlock) fill_kernel(T* data, int64_t n, uint64_t salt) {
-  for (int64_t i = blockIdx.x * int64_t{kBlock} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * kBlock) {
-    const int k =
-        static_cast<int>(mix64(salt * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i)) % 33) - 16;
-    data[i] = from_float<T>(static_cast<float>(k) / 16.0f);
-  }
 }
 
 // ---- pad / unpad ----------------------------------------------------------------------
@@ -194,29 +165,14 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-// ---- compare ----------------------------------------------------------------------------
-
-template <typename T>
-__global__ void __launch_bounds__(kBlock)
-    compare_kernel(const T* out, const T* ref, int64_t n, float tol, unsigned long long* result) {
-  for (int64_t i = blockIdx.x * int64_t{kBlock} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * kBlock) {
-    const float o = to_float(out[i]);
-    const float r = to_float(ref[i]);
-    if (!(fabsf(o - r) <= tol * fmaxf(1.0f, fabsf(r)))) {
-      atomicAdd(&result[0], 1ull);
-      atomicMin(&result[1], static_cast<unsigned long long>(i));
-    }
-  }
-}
-
 }  // namespace
 
 cudaError_t fill_attention_input(void* data, AttnType type, int64_t n, uint64_t salt,
                                  cudaStream_t stream) {
   return dispatch_type(type, [&](auto zero) {
     using T = decltype(zero);
-    fill_kernel<<<grid_stride_blocks(n), kBlock, 0, stream>>>(static_cast<T*>(data), n, salt);
+    device::fill_kernel<kBlock>
+        <<<grid_stride_blocks(n), kBlock, 0, stream>>>(static_cast<T*>(data), n, salt);
     return cudaGetLastError();
   });
 }
@@ -275,7 +231,7 @@ cudaError_t count_attention_mismatches(const void* out, const void* ref, AttnTyp
                                        cudaStream_t stream) {
   return dispatch_type(type, [&](auto zero) {
     using T = decltype(zero);
-    compare_kernel<<<grid_stride_blocks(n), kBlock, 0, stream>>>(
+    device::mismatch_kernel<kBlock><<<grid_stride_blocks(n), kBlock, 0, stream>>>(
         static_cast<const T*>(out), static_cast<const T*>(ref), n, static_cast<float>(tol), result);
     return cudaGetLastError();
   });

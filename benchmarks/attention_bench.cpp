@@ -66,13 +66,11 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <map>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -701,16 +699,7 @@ void bench_cpu(benchmark::State& state, const AttnCase& c) {
   };
   if (c.backward) forward();  // O and lse for the backward (untimed)
   for (int i = 0; i < kCpuWarmup; ++i) run();
-  std::vector<double> seconds;
-  for (auto _ : state) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    const auto t1 = std::chrono::steady_clock::now();
-    const double sec = std::chrono::duration<double>(t1 - t0).count();
-    state.SetIterationTime(sec);
-    seconds.push_back(sec);
-  }
-  report_attention(state, c, "spembed", std::move(seconds));
+  report_attention(state, c, "spembed", time_cpu_iterations(state, run));
 }
 
 // ---- registration -------------------------------------------------------------------------
@@ -718,25 +707,15 @@ void bench_cpu(benchmark::State& state, const AttnCase& c) {
 void register_attn(const AttnCase& c, const std::string& peer) {
   const std::string name =
       std::string(g_config.gpu ? "attn/" : "attn_cpu/") + c.group() + "/" + peer;
-  benchmark::RegisterBenchmark(name.c_str(),
-                               [c, peer](benchmark::State& state) {
-                                 try {
-                                   if (!g_config.gpu) {
-                                     bench_cpu(state, c);
-                                   } else if (c.backward) {
-                                     bench_backward_gpu(state, c);
-                                   } else {
-                                     bench_forward_gpu(state, c, peer);
-                                   }
-                                 } catch (const std::exception& e) {
-                                   state.SkipWithError(e.what());
-                                 }
-                               })
-      ->UseManualTime()
-      ->Iterations(g_config.gpu || g_config.iters_given
-                       ? g_config.iters
-                       : std::min(g_config.iters, kCpuAttentionIters))
-      ->Unit(benchmark::kMicrosecond);
+  register_timed(name, capped_iters(kCpuAttentionIters), [c, peer](benchmark::State& state) {
+    if (!g_config.gpu) {
+      bench_cpu(state, c);
+    } else if (c.backward) {
+      bench_backward_gpu(state, c);
+    } else {
+      bench_forward_gpu(state, c, peer);
+    }
+  });
 }
 
 }  // namespace
@@ -775,18 +754,11 @@ void print_attention_summary() {
       "\nAttention summary (median of the timed runs; TFLOP/s by the FLOP model above; "
       "speedup = peer time / spembed time)\n");
   std::printf("%-60s %-10s %11s %9s %8s\n", "case", "peer", "us", "TFLOP/s", "speedup");
-  std::map<std::string, double> spembed_us;
-  for (const Row& r : g_rows) {
-    if (r.peer == "spembed") spembed_us[r.group] = r.us;
-  }
-  for (const Row& r : g_rows) {
-    const auto it = spembed_us.find(r.group);
-    char speedup[32] = "-";
-    if (it != spembed_us.end() && r.peer != "spembed") {
-      std::snprintf(speedup, sizeof(speedup), "%.2fx", r.us / it->second);
-    }
+  const std::vector<std::string> speedup = speedup_cells(g_rows);
+  for (size_t i = 0; i < g_rows.size(); ++i) {
+    const Row& r = g_rows[i];
     std::printf("%-60s %-10s %11.1f %9.4g %8s\n", r.group.c_str(), r.peer.c_str(), r.us, r.tflops,
-                speedup);
+                speedup[i].c_str());
   }
 }
 

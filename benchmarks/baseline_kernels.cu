@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 
 #include "baseline_kernels.h"
+#include "bench_device.cuh"
 
 namespace spembed_bench {
 namespace {
@@ -32,34 +33,8 @@ int grid_stride_blocks() {
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kBlock - 1) / kBlock); }
 
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-
-__device__ __forceinline__ uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kBlock) fill_kernel(T* table, int64_t n, uint64_t salt) {
-  for (int64_t i = blockIdx.x * int64_t{kBlock} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * kBlock) {
-    const int k =
-        static_cast<int>(mix64(salt * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i)) % 33) - 16;
-    table[i] = from_float<T>(static_cast<float>(k) / 16.0f);
-  }
-}
+using device::from_float;
+using device::to_float;
 
 __global__ void __launch_bounds__(kBlock)
     flush_kernel(const uint4* buffer, int64_t n, unsigned* sink) {
@@ -142,21 +117,6 @@ __global__ void __launch_bounds__(kBlock)
   atomicAdd(&grad[ids[j] * dim + d], grad_output[lo * grad_stride + grad_col + d]);
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kBlock)
-    mismatch_kernel(const T* out, const T* ref, int64_t n, float rel_tol,
-                    unsigned long long* result) {
-  for (int64_t i = blockIdx.x * int64_t{kBlock} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * kBlock) {
-    const float o = to_float(out[i]);
-    const float r = to_float(ref[i]);
-    if (!(fabsf(o - r) <= rel_tol * fmaxf(1.0f, fabsf(r)))) {
-      atomicAdd(&result[0], 1ull);
-      atomicMin(&result[1], static_cast<unsigned long long>(i));
-    }
-  }
-}
-
 template <typename F>
 cudaError_t with_elem(Elem elem, F&& launch) {
   if (elem == Elem::kF32) {
@@ -173,7 +133,7 @@ cudaError_t fill_table(void* table, Elem elem, int64_t rows, int64_t dim, uint64
                        cudaStream_t stream) {
   return with_elem(elem, [&](auto tag) {
     using T = decltype(tag);
-    fill_kernel<T>
+    device::fill_kernel<kBlock, T>
         <<<grid_stride_blocks(), kBlock, 0, stream>>>(static_cast<T*>(table), rows * dim, salt);
   });
 }
@@ -229,7 +189,7 @@ cudaError_t count_mismatches(const void* out, const void* ref, Elem elem, int64_
                              unsigned long long* result, cudaStream_t stream) {
   return with_elem(elem, [&](auto tag) {
     using T = decltype(tag);
-    mismatch_kernel<T><<<grid_stride_blocks(), kBlock, 0, stream>>>(
+    device::mismatch_kernel<kBlock, T><<<grid_stride_blocks(), kBlock, 0, stream>>>(
         static_cast<const T*>(out), static_cast<const T*>(ref), n, static_cast<float>(rel_tol),
         result);
   });

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <stdexcept>
 
 namespace spembed_bench {
@@ -13,6 +12,21 @@ namespace spembed_bench {
 Config g_config;
 GpuContext* g_gpu = nullptr;
 spembed_handle_t g_cpu_handle = nullptr;
+
+void register_timed(const std::string& name, int iters,
+                    std::function<void(benchmark::State&)> body) {
+  benchmark::RegisterBenchmark(name.c_str(),
+                               [body = std::move(body)](benchmark::State& state) {
+                                 try {
+                                   body(state);
+                                 } catch (const std::exception& e) {
+                                   state.SkipWithError(e.what());
+                                 }
+                               })
+      ->UseManualTime()
+      ->Iterations(iters)
+      ->Unit(benchmark::kMicrosecond);
+}
 
 // ---- errors ------------------------------------------------------------------------
 
@@ -133,18 +147,11 @@ void print_summary() {
     std::printf("(the backward's CPU cases: median of %d timed runs)\n", kCpuBackwardIters);
   }
   std::printf("%-60s %-15s %11s %9s %7s %8s\n", "case", "peer", "us", "GB/s", "%copy", "speedup");
-  std::map<std::string, double> spembed_us;
-  for (const Row& r : g_rows) {
-    if (r.peer == "spembed") spembed_us[r.group] = r.us;
-  }
-  for (const Row& r : g_rows) {
-    const auto it = spembed_us.find(r.group);
-    char speedup[32] = "-";
-    if (it != spembed_us.end() && r.peer != "spembed") {
-      std::snprintf(speedup, sizeof(speedup), "%.2fx", r.us / it->second);
-    }
+  const std::vector<std::string> speedup = speedup_cells(g_rows);
+  for (size_t i = 0; i < g_rows.size(); ++i) {
+    const Row& r = g_rows[i];
     std::printf("%-60s %-15s %11.1f %9.1f %6.1f%% %8s\n", r.group.c_str(), r.peer.c_str(), r.us,
-                r.gbps, r.pct, speedup);
+                r.gbps, r.pct, speedup[i].c_str());
   }
 }
 

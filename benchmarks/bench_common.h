@@ -10,9 +10,13 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <initializer_list>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,6 +54,18 @@ struct Config {
   size_t l2_bytes = 0;
 };
 extern Config g_config;
+
+// The timed runs of a benchmark whose CPU path is capped at `cpu_iters` runs
+// unless --iters is given.
+inline int capped_iters(int cpu_iters) {
+  return g_config.gpu || g_config.iters_given ? g_config.iters
+                                              : std::min(g_config.iters, cpu_iters);
+}
+
+// Registers `name`: `iters` runs, timed manually, reported in microseconds;
+// an exception thrown by `body` marks the benchmark skipped with its message.
+void register_timed(const std::string& name, int iters,
+                    std::function<void(benchmark::State&)> body);
 
 // ---- errors ------------------------------------------------------------------------
 
@@ -128,6 +144,27 @@ void report(benchmark::State& state, const std::string& group, const std::string
             std::vector<double> seconds, double bytes);
 void print_summary();
 
+// The summary's speedup cell of each row (a struct with group, peer and us):
+// the row's time over that of its group's "spembed" row, as "1.23x"; "-" for
+// spembed's own rows and groups without one.
+template <typename Row>
+std::vector<std::string> speedup_cells(const std::vector<Row>& rows) {
+  std::map<std::string, double> spembed_us;
+  for (const Row& r : rows) {
+    if (r.peer == "spembed") spembed_us[r.group] = r.us;
+  }
+  std::vector<std::string> cells;
+  for (const Row& r : rows) {
+    const auto it = spembed_us.find(r.group);
+    char speedup[32] = "-";
+    if (it != spembed_us.end() && r.peer != "spembed") {
+      std::snprintf(speedup, sizeof(speedup), "%.2fx", r.us / it->second);
+    }
+    cells.emplace_back(speedup);
+  }
+  return cells;
+}
+
 // ---- GPU ------------------------------------------------------------------------------------
 
 struct DeviceBuffer {
@@ -198,6 +235,30 @@ double time_gpu_run(Run&& run) {
 }
 
 // ---- CPU --------------------------------------------------------------------------------------
+
+// One timed run per benchmark iteration: `prepare` (untimed), then `run`
+// timed by the steady clock and set as the iteration's time. Returns the
+// seconds of the runs.
+template <typename Prepare, typename Run>
+std::vector<double> time_cpu_iterations(benchmark::State& state, Prepare&& prepare, Run&& run) {
+  std::vector<double> seconds;
+  for (auto _ : state) {
+    prepare();
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    const auto t1 = std::chrono::steady_clock::now();
+    const double sec = std::chrono::duration<double>(t1 - t0).count();
+    state.SetIterationTime(sec);
+    seconds.push_back(sec);
+  }
+  return seconds;
+}
+
+template <typename Run>
+std::vector<double> time_cpu_iterations(benchmark::State& state, Run&& run) {
+  return time_cpu_iterations(
+      state, [] {}, run);
+}
 
 uint64_t mix64(uint64_t z);
 // The host twin of fill_table (baseline_kernels.h): k / 16 values, k in [-16, 16].

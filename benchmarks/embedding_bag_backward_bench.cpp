@@ -50,7 +50,6 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -687,16 +686,12 @@ void bench_cpu(benchmark::State& state, const BwdSpec& c, const std::string& pee
     return;
   }
   for (int i = 1; i < kCpuWarmup; ++i) run();
-  std::vector<double> seconds;
-  for (auto _ : state) {
-    if (dense) zero_grads();
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    const auto t1 = std::chrono::steady_clock::now();
-    const double sec = std::chrono::duration<double>(t1 - t0).count();
-    state.SetIterationTime(sec);
-    seconds.push_back(sec);
-  }
+  std::vector<double> seconds = time_cpu_iterations(
+      state,
+      [&] {
+        if (dense) zero_grads();
+      },
+      run);
   report(state, c.group(), peer, std::move(seconds), bwd_model_bytes(c, h));
 }
 
@@ -704,23 +699,13 @@ void bench_cpu(benchmark::State& state, const BwdSpec& c, const std::string& pee
 
 void register_bwd(const BwdSpec& c, const std::string& peer) {
   const std::string name = std::string(g_config.gpu ? "ebb/" : "ebb_cpu/") + c.group() + "/" + peer;
-  benchmark::RegisterBenchmark(name.c_str(),
-                               [c, peer](benchmark::State& state) {
-                                 try {
-                                   if (g_config.gpu) {
-                                     bench_gpu(state, c, peer);
-                                   } else {
-                                     bench_cpu(state, c, peer);
-                                   }
-                                 } catch (const std::exception& e) {
-                                   state.SkipWithError(e.what());
-                                 }
-                               })
-      ->UseManualTime()
-      ->Iterations(g_config.gpu || g_config.iters_given
-                       ? g_config.iters
-                       : std::min(g_config.iters, kCpuBackwardIters))
-      ->Unit(benchmark::kMicrosecond);
+  register_timed(name, capped_iters(kCpuBackwardIters), [c, peer](benchmark::State& state) {
+    if (g_config.gpu) {
+      bench_gpu(state, c, peer);
+    } else {
+      bench_cpu(state, c, peer);
+    }
+  });
 }
 
 }  // namespace

@@ -497,16 +497,7 @@ void bench_spembed_cpu(benchmark::State& state, const CaseSpec& c) {
     check_spembed(st, "spembed forward (CPU)");
   };
   for (int i = 0; i < kCpuWarmup; ++i) run();
-  std::vector<double> seconds;
-  for (auto _ : state) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    const auto t1 = std::chrono::steady_clock::now();
-    const double sec = std::chrono::duration<double>(t1 - t0).count();
-    state.SetIterationTime(sec);
-    seconds.push_back(sec);
-  }
-  report(state, c.group(), "spembed", std::move(seconds), model_bytes(s, c.elem));
+  report(state, c.group(), "spembed", time_cpu_iterations(state, run), model_bytes(s, c.elem));
 }
 
 // memcpy on every hardware thread (spembed's CPU path is multi-threaded).
@@ -546,17 +537,7 @@ using BenchFn = void (*)(benchmark::State&, const CaseSpec&);
 
 void register_case(const CaseSpec& c, const char* peer, BenchFn fn) {
   const std::string name = std::string(g_config.gpu ? "eb/" : "eb_cpu/") + c.group() + "/" + peer;
-  benchmark::RegisterBenchmark(name.c_str(),
-                               [c, fn](benchmark::State& state) {
-                                 try {
-                                   fn(state, c);
-                                 } catch (const std::exception& e) {
-                                   state.SkipWithError(e.what());
-                                 }
-                               })
-      ->UseManualTime()
-      ->Iterations(g_config.iters)
-      ->Unit(benchmark::kMicrosecond);
+  register_timed(name, g_config.iters, [c, fn](benchmark::State& state) { fn(state, c); });
 }
 
 void register_all() {

@@ -46,12 +46,13 @@ The JSON is rewritten after every case, so a run cut short keeps what it
 measured; --budget-s stops starting new cases once that many seconds passed.
 """
 
-import argparse
 import json
 import math
 import re
 import sys
 import time
+
+from torch_bench_util import base_parser, torch_on_gpu
 
 SEED = 0x5EED
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
@@ -237,24 +238,15 @@ def peers(torch, F, case, dtype_name):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="timed runs per case")
-    parser.add_argument("--filter", default="", help="regex on case names (shape/dtype/dir)")
+    parser = base_parser(__doc__, DEFAULT_ITERS, "regex on case names (shape/dtype/dir)")
     parser.add_argument("--budget-s", type=float, default=0.0,
                         help="start no new case after this many seconds (0: no limit)")
     args = parser.parse_args()
 
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError as e:
-        print(f"PyTorch is not available ({e}): skipping the attention benchmark")
+    found = torch_on_gpu("the attention benchmark")
+    if found is None:
         return 0
-    if not torch.cuda.is_available():
-        print("No CUDA device visible to PyTorch: skipping the attention benchmark "
-              "(GPU numbers need a GPU machine)")
-        return 0
+    torch, F = found
 
     started = time.monotonic()
     device = torch.device("cuda", 0)

@@ -24,10 +24,11 @@ Usage: torch_embedding_bag.py [--json FILE] [--iters N] [--filter REGEX]
 Exits with status 0 and a message when PyTorch or a CUDA device is missing.
 """
 
-import argparse
 import json
 import re
 import sys
+
+from torch_bench_util import base_parser, torch_on_gpu
 
 SEED = 0x5EED
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
@@ -177,22 +178,12 @@ def copy_bandwidth(torch, timer, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="timed runs per case")
-    parser.add_argument("--filter", default="", help="regex on case names")
-    args = parser.parse_args()
+    args = base_parser(__doc__, DEFAULT_ITERS).parse_args()
 
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError as e:
-        print(f"PyTorch is not available ({e}): skipping the F.embedding_bag benchmark")
+    found = torch_on_gpu("the F.embedding_bag benchmark")
+    if found is None:
         return 0
-    if not torch.cuda.is_available():
-        print("No CUDA device visible to PyTorch: skipping the F.embedding_bag benchmark "
-              "(GPU numbers need a GPU machine)")
-        return 0
+    torch, F = found
 
     device = torch.device("cuda", 0)
     name = torch.cuda.get_device_name(device)

@@ -37,7 +37,6 @@ Exits with status 0 and a message when PyTorch or a CUDA device is missing.
 A case that runs out of device memory is recorded as an error and skipped.
 """
 
-import argparse
 import json
 import os
 import re
@@ -45,6 +44,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_embedding_bag as fwd  # noqa: E402  (shapes, ids, timer, copy bandwidth)
+from torch_bench_util import base_parser, torch_on_gpu  # noqa: E402
 
 DEFAULT_ITERS = 20
 OUTPUTS = ("grad", "rows", "sgd", "rowwise_adagrad", "adagrad", "adam")
@@ -126,22 +126,12 @@ def run_case(torch, F, timer, ids_per_table, offsets, tables, grad_output, what,
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--iters", type=int, default=DEFAULT_ITERS, help="timed runs per case")
-    parser.add_argument("--filter", default="", help="regex on case names")
-    args = parser.parse_args()
+    args = base_parser(__doc__, DEFAULT_ITERS).parse_args()
 
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError as e:
-        print(f"PyTorch is not available ({e}): skipping the embedding bag backward benchmark")
+    found = torch_on_gpu("the embedding bag backward benchmark")
+    if found is None:
         return 0
-    if not torch.cuda.is_available():
-        print("No CUDA device visible to PyTorch: skipping the embedding bag backward benchmark "
-              "(GPU numbers need a GPU machine)")
-        return 0
+    torch, F = found
 
     device = torch.device("cuda", 0)
     name = torch.cuda.get_device_name(device)

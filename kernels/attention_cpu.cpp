@@ -51,6 +51,16 @@ void read_row(const AttentionParams& p, const TokenTensor& t, int64_t token, int
   for (int c = 0; c < p.head_dim; ++c) row[c] = load(p.dtype, t.data, base + c);
 }
 
+// `row` times `mul` into row `token`, head `head` of an output token tensor,
+// rounded to the dtype.
+void write_row(const AttentionParams& p, const TokenTensor& t, int64_t token, int head,
+               const std::vector<double>& row, double mul) {
+  const int64_t base = t.offset(token, head);
+  for (int c = 0; c < p.head_dim; ++c) {
+    store(p.dtype, const_cast<void*>(t.data), base + c, mul * row[static_cast<size_t>(c)]);
+  }
+}
+
 // The sequence holding token `t` of a tensor whose offsets are `cu`.
 int64_t sequence_of(const int32_t* cu, int64_t batch, int64_t t) {
   // The last b with cu[b] <= t; empty sequences share their offset with the
@@ -84,6 +94,18 @@ Sequence sequence(const AttentionParams& p, int64_t b) {
   return s;
 }
 
+// The sequence of query token t and the keys its row sees.
+struct QueryKeys {
+  Sequence seq;
+  Range keys;
+};
+
+QueryKeys query_keys(const AttentionParams& p, int64_t t) {
+  const Sequence seq = sequence(p, sequence_of(p.cu_seqlens_q, p.batch, t));
+  const int64_t i = t - seq.q0;
+  return {seq, visible_keys(p.band, seq.lq, seq.lk, i, i + 1)};
+}
+
 }  // namespace
 
 void attention_forward_cpu(const AttentionParams& p) {
@@ -93,9 +115,7 @@ void attention_forward_cpu(const AttentionParams& p) {
     std::vector<double> q(static_cast<size_t>(d)), k(static_cast<size_t>(d));
     std::vector<double> v(static_cast<size_t>(d)), o(static_cast<size_t>(d)), s;
     for (int64_t t = begin; t < end; ++t) {
-      const Sequence seq = sequence(p, sequence_of(p.cu_seqlens_q, p.batch, t));
-      const int64_t i = t - seq.q0;
-      const Range keys = visible_keys(p.band, seq.lq, seq.lk, i, i + 1);
+      const auto [seq, keys] = query_keys(p, t);
       const int64_t j0 = keys.begin, j1 = keys.end;
       for (int h = 0; h < p.heads; ++h) {
         const int kh = h / p.group();
@@ -118,9 +138,7 @@ void attention_forward_cpu(const AttentionParams& p) {
         }
         // No visible key: O = 0 and LSE = -inf (l = 0 leaves o at 0).
         const double inv = l > 0.0 ? 1.0 / l : 0.0;
-        const int64_t base = p.out.offset(t, h);
-        for (int c = 0; c < d; ++c) store(p.dtype, const_cast<void*>(p.out.data), base + c,
-                                          o[static_cast<size_t>(c)] * inv);
+        write_row(p, p.out, t, h, o, inv);
         if (p.lse != nullptr) {
           p.lse[h * p.total_q + t] = l > 0.0 ? static_cast<float>(m + std::log(l))
                                              : -std::numeric_limits<float>::infinity();
@@ -162,9 +180,7 @@ void attention_backward_cpu(const AttentionParams& p) {
   parallel_for(p.total_q, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
     std::vector<double> q(ds), dout(ds), o(ds), k(ds), v(ds), acc(ds);
     for (int64_t t = begin; t < end; ++t) {
-      const Sequence seq = sequence(p, sequence_of(p.cu_seqlens_q, p.batch, t));
-      const int64_t i = t - seq.q0;
-      const Range keys = visible_keys(p.band, seq.lq, seq.lk, i, i + 1);
+      const auto [seq, keys] = query_keys(p, t);
       const int64_t j0 = keys.begin, j1 = keys.end;
       for (int h = 0; h < p.heads; ++h) {
         const int kh = h / p.group();
@@ -178,11 +194,7 @@ void attention_backward_cpu(const AttentionParams& p) {
           const ProbGrad g = prob_grad(p, q.data(), dout.data(), lse, rowsum, k.data(), v.data());
           for (size_t c = 0; c < ds; ++c) acc[c] += g.ds * k[c];
         }
-        const int64_t base = p.dq.offset(t, h);
-        for (int c = 0; c < d; ++c) {
-          store(p.dtype, const_cast<void*>(p.dq.data), base + c,
-                p.scale * acc[static_cast<size_t>(c)]);
-        }
+        write_row(p, p.dq, t, h, acc, p.scale);
       }
     }
   });
@@ -213,13 +225,8 @@ void attention_backward_cpu(const AttentionParams& p) {
             }
           }
         }
-        const int64_t kbase = p.dk.offset(t, kh);
-        const int64_t vbase = p.dv.offset(t, kh);
-        for (int c = 0; c < d; ++c) {
-          store(p.dtype, const_cast<void*>(p.dk.data), kbase + c,
-                p.scale * dk[static_cast<size_t>(c)]);
-          store(p.dtype, const_cast<void*>(p.dv.data), vbase + c, dv[static_cast<size_t>(c)]);
-        }
+        write_row(p, p.dk, t, kh, dk, p.scale);
+        write_row(p, p.dv, t, kh, dv, 1.0);
       }
     }
   });

@@ -158,6 +158,47 @@ __device__ __forceinline__ SeqBounds seq_bounds(const AttentionParams& p, int64_
   return s;
 }
 
+// Row `token` of head `head` of an output tensor, as T.
+template <typename T>
+__device__ __forceinline__ T* output_row(const TokenTensor& t, int64_t token, int head) {
+  return static_cast<T*>(const_cast<void*>(t.data)) + t.offset(token, head);
+}
+
+// Writes a thread's accumulator columns sub + kTpr * u (those below
+// head_dim), times `mul`, into `out`.
+template <int kTpr, int kCols, typename T>
+__device__ __forceinline__ void store_columns(T* out, const float (&acc)[kCols], int sub,
+                                              int head_dim, float mul) {
+#pragma unroll
+  for (int u = 0; u < kCols; ++u) {
+    const int c = sub + kTpr * u;
+    if (c < head_dim) attn_store(out + c, mul * acc[u]);
+  }
+}
+
+// The backward's two dot products of a thread's own row against the other
+// side's rows sub + kTpr * r (r < kN), all rows `kLd` floats apart:
+// s[r] = q . k (scores) and dp[r] = dO . v. The own row of Q / dO (dQ) or of
+// K / V (dK / dV) is passed as own_a / own_b, the other side's tiles as
+// other_a / other_b, in the same order.
+template <int kN, int kTpr, int kLd>
+__device__ __forceinline__ void backward_dots(const float* own_a, const float* own_b,
+                                              const float* other_a, const float* other_b, int sub,
+                                              int head_dim, float (&s)[kN], float (&dp)[kN]) {
+#pragma unroll
+  for (int r = 0; r < kN; ++r) s[r] = dp[r] = 0.f;
+  for (int c = 0; c < head_dim; ++c) {
+    const float ac = own_a[c];
+    const float bc = own_b[c];
+#pragma unroll
+    for (int r = 0; r < kN; ++r) {
+      const int off = (sub + kTpr * r) * kLd + c;
+      s[r] = fmaf(ac, other_a[off], s[r]);
+      dp[r] = fmaf(bc, other_b[off], dp[r]);
+    }
+  }
+}
+
 // ---- forward ----------------------------------------------------------------
 
 template <int kMaxD, int kTpr>
@@ -266,12 +307,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
     const float l_row = row_sum<kTpr>(lsum);
     if (row < nq) {
       const float inv = l_row > 0.f ? 1.f / l_row : 0.f;
-      T* out = static_cast<T*>(const_cast<void*>(p.out.data)) + p.out.offset(sq.q0 + i, h);
-#pragma unroll
-      for (int u = 0; u < kCols; ++u) {
-        const int c = sub + kTpr * u;
-        if (c < d) attn_store(out + c, o[u] * inv);
-      }
+      store_columns<kTpr>(output_row<T>(p.out, sq.q0 + i, h), o, sub, d, inv);
       if (p.lse != nullptr && sub == 0) {
         p.lse[h * p.total_q + sq.q0 + i] = l_row > 0.f ? (m + log2f(l_row)) * kLn2 : -INFINITY;
       }
@@ -279,17 +315,28 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   }
 }
 
+template <typename Kernel>
+int set_smem(Kernel kernel, size_t bytes) {
+  return static_cast<int>(cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// Launches a tile kernel with `bytes` of dynamic shared memory on the grid
+// (l.grid_tiles, heads) of kAttnThreads-thread blocks.
+template <typename Kernel>
+int launch_tile_kernel(Kernel kernel, size_t bytes, const AttentionParams& p,
+                       const AttentionLaunch& l, int heads, cudaStream_t stream) {
+  if (const int error = set_smem(kernel, bytes)) return error;
+  const dim3 grid(static_cast<unsigned>(l.grid_tiles), static_cast<unsigned>(heads));
+  kernel<<<grid, kAttnThreads, bytes, stream>>>(p, l);
+  return launch_status(stream);
+}
+
 template <typename T, int kMaxD, int kTpr>
 int launch_attention_forward_kernel(const AttentionParams& p, const AttentionLaunch& l,
                                     cudaStream_t stream) {
-  using S = ForwardSmem<kMaxD, kTpr>;
-  auto kernel = attention_forward_kernel<T, kMaxD, kTpr>;
-  const cudaError_t error = cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(S::kBytes));
-  if (error != cudaSuccess) return static_cast<int>(error);
-  const dim3 grid(static_cast<unsigned>(l.grid_tiles), static_cast<unsigned>(p.heads));
-  kernel<<<grid, kAttnThreads, S::kBytes, stream>>>(p, l);
-  return launch_status(stream);
+  return launch_tile_kernel(attention_forward_kernel<T, kMaxD, kTpr>,
+                            ForwardSmem<kMaxD, kTpr>::kBytes, p, l, p.heads, stream);
 }
 
 // ---- backward ---------------------------------------------------------------
@@ -382,18 +429,8 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
       __syncthreads();
 
       float s[kKeys], dp[kKeys];
-#pragma unroll
-      for (int r = 0; r < kKeys; ++r) s[r] = dp[r] = 0.f;
-      for (int c = 0; c < d; ++c) {
-        const float qc = qs[row * S::kLd + c];
-        const float gc = dos[row * S::kLd + c];
-#pragma unroll
-        for (int r = 0; r < kKeys; ++r) {
-          const int off = (sub + kTpr * r) * S::kLd + c;
-          s[r] = fmaf(qc, ks[off], s[r]);
-          dp[r] = fmaf(gc, vs[off], dp[r]);
-        }
-      }
+      backward_dots<kKeys, kTpr, S::kLd>(qs + row * S::kLd, dos + row * S::kLd, ks, vs, sub, d, s,
+                                         dp);
 #pragma unroll
       for (int r = 0; r < kKeys; ++r) {
         const int jj = sub + kTpr * r;
@@ -413,12 +450,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
     }
 
     if (row < nq) {
-      T* dq = static_cast<T*>(const_cast<void*>(p.dq.data)) + p.dq.offset(sq.q0 + i, h);
-#pragma unroll
-      for (int u = 0; u < kCols; ++u) {
-        const int c = sub + kTpr * u;
-        if (c < d) attn_store(dq + c, p.scale * acc[u]);
-      }
+      store_columns<kTpr>(output_row<T>(p.dq, sq.q0 + i, h), acc, sub, d, p.scale);
     }
   }
 }
@@ -498,18 +530,8 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
         __syncthreads();
 
         float s[kQueries], dp[kQueries];
-#pragma unroll
-        for (int r = 0; r < kQueries; ++r) s[r] = dp[r] = 0.f;
-        for (int c = 0; c < d; ++c) {
-          const float kc = ks[row * S::kLd + c];
-          const float vc = vs[row * S::kLd + c];
-#pragma unroll
-          for (int r = 0; r < kQueries; ++r) {
-            const int off = (sub + kTpr * r) * S::kLd + c;
-            s[r] = fmaf(qs[off], kc, s[r]);
-            dp[r] = fmaf(dos[off], vc, dp[r]);
-          }
-        }
+        backward_dots<kQueries, kTpr, S::kLd>(ks + row * S::kLd, vs + row * S::kLd, qs, dos, sub, d,
+                                              s, dp);
 #pragma unroll
         for (int r = 0; r < kQueries; ++r) {
           const int ii = sub + kTpr * r;
@@ -536,24 +558,10 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
     }
 
     if (row < nk) {
-      T* dkp = static_cast<T*>(const_cast<void*>(p.dk.data)) + p.dk.offset(sq.k0 + j, kh);
-      T* dvp = static_cast<T*>(const_cast<void*>(p.dv.data)) + p.dv.offset(sq.k0 + j, kh);
-#pragma unroll
-      for (int u = 0; u < kCols; ++u) {
-        const int c = sub + kTpr * u;
-        if (c < d) {
-          attn_store(dkp + c, p.scale * dk[u]);
-          attn_store(dvp + c, dv[u]);
-        }
-      }
+      store_columns<kTpr>(output_row<T>(p.dk, sq.k0 + j, kh), dk, sub, d, p.scale);
+      store_columns<kTpr>(output_row<T>(p.dv, sq.k0 + j, kh), dv, sub, d, 1.f);
     }
   }
-}
-
-template <typename Kernel>
-int set_smem(Kernel kernel, size_t bytes) {
-  return static_cast<int>(cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 // The rowsum preprocess, dQ and dK/dV; `q_launch` and `k_launch` carry the
@@ -573,19 +581,16 @@ int launch_attention_backward_kernels(const AttentionParams& p, const AttentionL
     if (const int error = launch_status(stream)) return error;
   }
   if (q_launch.grid_tiles > 0) {
-    auto kernel = attention_dq_kernel<T, kMaxD>;
-    if (const int error = set_smem(kernel, DqSmem<kMaxD>::kBytes)) return error;
-    const dim3 grid(static_cast<unsigned>(q_launch.grid_tiles), static_cast<unsigned>(p.heads));
-    kernel<<<grid, kAttnThreads, DqSmem<kMaxD>::kBytes, stream>>>(p, q_launch);
-    if (const int error = launch_status(stream)) return error;
+    if (const int error = launch_tile_kernel(attention_dq_kernel<T, kMaxD>, DqSmem<kMaxD>::kBytes,
+                                             p, q_launch, p.heads, stream)) {
+      return error;
+    }
   }
   if (k_launch.grid_tiles > 0) {
-    auto kernel = attention_dkv_kernel<T, kMaxD>;
-    if (const int error = set_smem(kernel, DkvSmem<kMaxD>::kBytes)) return error;
-    const dim3 grid(static_cast<unsigned>(k_launch.grid_tiles),
-                    static_cast<unsigned>(p.kv_heads));
-    kernel<<<grid, kAttnThreads, DkvSmem<kMaxD>::kBytes, stream>>>(p, k_launch);
-    if (const int error = launch_status(stream)) return error;
+    if (const int error = launch_tile_kernel(attention_dkv_kernel<T, kMaxD>, DkvSmem<kMaxD>::kBytes,
+                                             p, k_launch, p.kv_heads, stream)) {
+      return error;
+    }
   }
   return 0;
 }

@@ -7,8 +7,9 @@
 //      k_starts likewise for keys (block-wide scans over B in chunks);
 //   2. the compute kernels, which return at once if the record shows a bad
 //      entry: the forward on tensor cores (attention_mma_kernel.cuh) for
-//      fp16 / bf16 when use_mma_forward holds, else the SIMT kernels
-//      (attention_kernel.cuh);
+//      fp16 / bf16 when use_mma_forward holds, the backward's dQ and dK/dV
+//      on tensor cores (attention_mma_bwd_kernel.cuh) when use_mma_backward
+//      holds, else the SIMT kernels (attention_kernel.cuh);
 //   3. the report, if p.report is set.
 // The host never reads cu_seqlens: grids come from ceil(total / rows) + B,
 // which bounds the number of tiles; blocks past the schedule's end exit.
@@ -21,6 +22,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/attention_kernel.cuh"
+#include "kernels/attention_mma_bwd_kernel.cuh"
 #include "kernels/attention_mma_kernel.cuh"
 #include "kernels/static_switch.cuh"
 
@@ -42,6 +44,14 @@ extern template int launch_attention_mma_forward<__half>(const AttentionParams&,
 extern template int launch_attention_mma_forward<__nv_bfloat16>(const AttentionParams&,
                                                                 const AttentionLaunch&, int,
                                                                 cudaStream_t);
+extern template int launch_attention_mma_backward<__half>(const AttentionParams&,
+                                                          const AttentionLaunch&,
+                                                          const AttentionLaunch&, float*,
+                                                          cudaStream_t);
+extern template int launch_attention_mma_backward<__nv_bfloat16>(const AttentionParams&,
+                                                                 const AttentionLaunch&,
+                                                                 const AttentionLaunch&, float*,
+                                                                 cudaStream_t);
 
 namespace {
 
@@ -181,6 +191,13 @@ bool use_mma_forward(const AttentionParams& p) {
          rows_16_byte_aligned(p.out);
 }
 
+// The tensor-core backward: the forward's rule, for every tensor it reads or
+// writes (q, k, v, out, dout, dq, dk, dv).
+bool use_mma_backward(const AttentionParams& p) {
+  return use_mma_forward(p) && rows_16_byte_aligned(p.dout) && rows_16_byte_aligned(p.dq) &&
+         rows_16_byte_aligned(p.dk) && rows_16_byte_aligned(p.dv);
+}
+
 // Warps per block of the tensor-core forward: 1 (16 queries) when sequences
 // hold at most 16 queries (one warp's mma rows), else 4 (64 queries). Same
 // hint as forward_tpr.
@@ -220,7 +237,9 @@ int attention_backward_cuda(const AttentionParams& p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const Workspace w = carve(p);
   const int max_d = p.head_dim <= 32 ? 32 : p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
-  const int rows = attention_rows(attention_backward_tpr(max_d));
+  const bool mma = use_mma_backward(p);
+  // Both schedules (q tiles of dQ, k tiles of dK/dV) use the same row count.
+  const int rows = mma ? kMmaBwdRows : attention_rows(attention_backward_tpr(max_d));
   if (const int error = launch_plan(p, w, rows, rows, stream)) return error;
   AttentionLaunch q_launch;
   q_launch.record = w.record;
@@ -231,7 +250,12 @@ int attention_backward_cuda(const AttentionParams& p, void* stream_handle) {
   k_launch.tile_starts = w.k_starts;
   k_launch.grid_tiles = p.total_k > 0 ? grid_tiles(p.total_k, p.batch, rows) : 0;
   const int error = SPEMBED_DTYPE_SWITCH(p.dtype, T, [&] {
-    return launch_attention_backward<T>(p, q_launch, k_launch, w.rowsum, stream);
+    if constexpr (std::is_same_v<T, float>) {
+      return launch_attention_backward<T>(p, q_launch, k_launch, w.rowsum, stream);
+    } else {
+      return mma ? launch_attention_mma_backward<T>(p, q_launch, k_launch, w.rowsum, stream)
+                 : launch_attention_backward<T>(p, q_launch, k_launch, w.rowsum, stream);
+    }
   });
   if (error != 0) return error;
   return launch_report(p, w, stream);

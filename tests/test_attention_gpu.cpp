@@ -155,11 +155,30 @@ std::vector<Shape> shapes() {
   };
 }
 
-void expect_forward_matches(const AttentionData& d, const GpuRun& r) {
+// The inputs of shape `s` in dtype `t`, drawn from `seed`.
+AttentionData make_case(const Shape& s, DLDataType t, uint64_t seed) {
+  AttentionCase c;
+  c.dtype = t;
+  c.heads = s.heads;
+  c.kv_heads = s.kv_heads;
+  c.head_dim = s.d;
+  c.lens_q = s.lq;
+  c.lens_k = s.lk;
+  c.causal = s.causal;
+  c.window_left = s.wl;
+  c.window_right = s.wr;
+  c.seed = seed;
+  return make_attention(c);
+}
+
+// The device's O and lse, and with `backward` its dQ, dK and dV, against the
+// float64 reference.
+void expect_matches_reference(const AttentionData& d, const GpuRun& r, bool backward) {
   EXPECT_EQ(r.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
   const AttentionResult ref = reference_attention(d);
   const AttentionResult base = lowprec_attention(d);
-  expect_within("out", read_all(r.out), ref.out, base.out, unit_roundoff(d.c.dtype));
+  const double u = unit_roundoff(d.c.dtype);
+  expect_within("out", read_all(r.out), ref.out, base.out, u);
   const std::vector<double> lse = read_all(r.lse);
   for (size_t i = 0; i < lse.size(); ++i) {
     if (std::isinf(ref.lse[i])) {
@@ -167,40 +186,19 @@ void expect_forward_matches(const AttentionData& d, const GpuRun& r) {
     }
   }
   expect_within("lse", lse, ref.lse, base.lse, 0x1p-24);
+  if (!backward) return;
+  expect_within("dq", read_all(r.dq), ref.dq, base.dq, u);
+  expect_within("dk", read_all(r.dk), ref.dk, base.dk, u);
+  expect_within("dv", read_all(r.dv), ref.dv, base.dv, u);
 }
 
 TEST_F(AttentionGpu, ForwardAndBackwardMatchFloat64Reference) {
   for (DLDataType t : {kF32, kF16, kBF16}) {
     for (const Shape& s : shapes()) {
       SCOPED_TRACE(describe(s, t));
-      AttentionCase c;
-      c.dtype = t;
-      c.heads = s.heads;
-      c.kv_heads = s.kv_heads;
-      c.head_dim = s.d;
-      c.lens_q = s.lq;
-      c.lens_k = s.lk;
-      c.causal = s.causal;
-      c.window_left = s.wl;
-      c.window_right = s.wr;
-      c.seed = 1000 + static_cast<uint64_t>(s.d) * 7 + static_cast<uint64_t>(t.bits);
-      AttentionData d = make_attention(c);
-      const GpuRun r = run(d, true);
-      EXPECT_EQ(r.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
-      const AttentionResult ref = reference_attention(d);
-      const AttentionResult base = lowprec_attention(d);
-      const double u = unit_roundoff(t);
-      expect_within("out", read_all(r.out), ref.out, base.out, u);
-      const std::vector<double> lse = read_all(r.lse);
-      for (size_t i = 0; i < lse.size(); ++i) {
-        if (std::isinf(ref.lse[i])) {
-          ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse " << i << " = " << lse[i];
-        }
-      }
-      expect_within("lse", lse, ref.lse, base.lse, 0x1p-24);
-      expect_within("dq", read_all(r.dq), ref.dq, base.dq, u);
-      expect_within("dk", read_all(r.dk), ref.dk, base.dk, u);
-      expect_within("dv", read_all(r.dv), ref.dv, base.dv, u);
+      AttentionData d =
+          make_case(s, t, 1000 + static_cast<uint64_t>(s.d) * 7 + static_cast<uint64_t>(t.bits));
+      expect_matches_reference(d, run(d, true), true);
     }
   }
 }
@@ -242,18 +240,8 @@ std::vector<MmaShape> mma_shapes() {
 }
 
 AttentionData make_mma_case(const Shape& s, DLDataType t, int64_t max_seqlen_q) {
-  AttentionCase c;
-  c.dtype = t;
-  c.heads = s.heads;
-  c.kv_heads = s.kv_heads;
-  c.head_dim = s.d;
-  c.lens_q = s.lq;
-  c.lens_k = s.lk;
-  c.causal = s.causal;
-  c.window_left = s.wl;
-  c.window_right = s.wr;
-  c.seed = 5000 + static_cast<uint64_t>(s.d) * 13 + static_cast<uint64_t>(t.bits);
-  AttentionData d = make_attention(c);
+  AttentionData d =
+      make_case(s, t, 5000 + static_cast<uint64_t>(s.d) * 13 + static_cast<uint64_t>(t.bits));
   d.options.max_seqlen_q = max_seqlen_q;
   return d;
 }
@@ -277,7 +265,7 @@ TEST_F(AttentionGpu, TensorCoreForwardBoundaries) {
     for (const MmaShape& m : mma_shapes()) {
       SCOPED_TRACE(describe(m.s, t) + " max_seqlen_q " + std::to_string(m.max_seqlen_q));
       AttentionData d = make_mma_case(m.s, t, m.max_seqlen_q);
-      expect_forward_matches(d, run(d, false));
+      expect_matches_reference(d, run(d, false), false);
     }
   }
 }
@@ -303,9 +291,101 @@ TEST_F(AttentionGpu, TensorCoreForwardStridesAndFallback) {
       d.q = restride(d.q, s.heads, s.d, layout.pad, layout.byte_offset);
       d.k = restride(d.k, s.kv_heads, s.d, layout.pad, layout.byte_offset);
       d.v = restride(d.v, s.kv_heads, s.d, layout.pad, layout.byte_offset);
-      expect_forward_matches(d, run(d, false));
+      expect_matches_reference(d, run(d, false), false);
     }
   }
+}
+
+// The tensor-core backward (fp16 / bf16 under the forward's rule, applied to
+// dout, dq, dk and dv too; kernels/attention_mma_bwd_kernel.cuh): lengths
+// around its 16-row warp tiles, 64-row blocks (q tiles of dQ, k tiles of
+// dK/dV) and inner tiles (64 keys / queries, 32 keys and 16 queries at head
+// dim 128), head dims 32 / 64 / 128 and the padded buckets (8, 40, 120),
+// causal and sliding windows, GQA / MQA, q length != k length with Lk = 0
+// (dQ = 0) and Lq = 0 (dK = dV = 0), against the float64 reference with the
+// same bounds as the SIMT backward.
+std::vector<Shape> mma_backward_shapes() {
+  const std::vector<int64_t> edges{1, 15, 16, 17, 63, 64, 65, 200};
+  const std::vector<int64_t> target_q{1, 15, 16, 17, 5, 3, 0, 65};
+  const std::vector<int64_t> target_k{200, 65, 64, 1, 0, 63, 40, 17};
+  return {
+      {edges, edges, 2, 2, 64, false},
+      {edges, edges, 4, 2, 32, true},
+      {edges, edges, 2, 1, 128, true},
+      {edges, edges, 4, 1, 128, false},
+      {edges, edges, 2, 2, 64, false, 17, 3},
+      {edges, edges, 2, 2, 128, true, 40, -1},
+      {edges, edges, 2, 1, 32, false, 0, 70},
+      // Target attention, and more queries than keys (causal bottom-right
+      // hides the first rows; Lk = 0 rows see nothing).
+      {target_q, target_k, 4, 1, 128, true},
+      {target_q, target_k, 4, 2, 64, false},
+      {target_q, target_k, 2, 2, 32, true, 20, -1},
+      {{16, 1, 8, 0}, {1025, 64, 130, 33}, 8, 2, 32, true, 50, -1},
+      {{1025}, {1025}, 1, 1, 128, true},
+      // Padded head-dim buckets: 8 -> 32, 40 -> 64, 120 -> 128.
+      {{17, 64, 65}, {17, 64, 65}, 2, 1, 8, true},
+      {{17, 64, 200}, {63, 64, 200}, 2, 2, 40, false},
+      {{65, 16}, {65, 100}, 2, 1, 120, true, 30, -1},
+      {{200, 65}, {200, 65}, 2, 2, 120, false, 20, 20},
+  };
+}
+
+TEST_F(AttentionGpu, TensorCoreBackwardBoundaries) {
+  for (DLDataType t : {kF16, kBF16}) {
+    for (const Shape& s : mma_backward_shapes()) {
+      SCOPED_TRACE(describe(s, t) + " window " + std::to_string(s.wl) + "," +
+                   std::to_string(s.wr));
+      AttentionData d =
+          make_case(s, t, 7000 + static_cast<uint64_t>(s.d) * 11 + static_cast<uint64_t>(t.bits));
+      expect_matches_reference(d, run(d, true), true);
+    }
+  }
+}
+
+// Strided q, k, v and dout: padded by 8 elements keeps the tensor-core
+// backward; off the 16-byte grid falls back to the SIMT one.
+TEST_F(AttentionGpu, TensorCoreBackwardStridesAndFallback) {
+  struct Layout {
+    const char* name;
+    int64_t pad;
+    uint64_t byte_offset;
+  };
+  const Layout layouts[] = {{"padded by 8 (tensor cores)", 8, 0},
+                            {"offset by 16 bytes (tensor cores)", 0, 16},
+                            {"padded by 4 (fallback)", 4, 0},
+                            {"offset by 2 bytes (fallback)", 0, 2}};
+  const Shape s{{17, 64, 65}, {30, 64, 65}, 4, 2, 64, true};
+  for (DLDataType t : {kF16, kBF16}) {
+    for (const Layout& layout : layouts) {
+      SCOPED_TRACE(describe(s, t) + layout.name);
+      AttentionData d = make_mma_case(s, t, 0);
+      d.q = restride(d.q, s.heads, s.d, layout.pad, layout.byte_offset);
+      d.k = restride(d.k, s.kv_heads, s.d, layout.pad, layout.byte_offset);
+      d.v = restride(d.v, s.kv_heads, s.d, layout.pad, layout.byte_offset);
+      d.dout = restride(d.dout, s.heads, s.d, layout.pad, layout.byte_offset);
+      expect_matches_reference(d, run(d, true), true);
+    }
+  }
+}
+
+// One tensor-core case (fp16, head dim 128, MQA, causal window, an empty
+// sequence and Lq != Lk), 20 runs bitwise equal.
+TEST_F(AttentionGpu, TensorCoreBackwardIsBitwiseDeterministic) {
+  AttentionCase c;
+  c.dtype = kF16;
+  c.heads = 4;
+  c.kv_heads = 1;
+  c.head_dim = 128;
+  c.lens_q = {200, 17, 0, 65};
+  c.lens_k = {200, 40, 5, 65};
+  c.causal = true;
+  c.window_left = 90;
+  AttentionData d = make_attention(c);
+  std::vector<std::vector<uint8_t>> runs;
+  run(d, true, 20, &runs);
+  ASSERT_EQ(runs.size(), 20u);
+  for (size_t i = 1; i < runs.size(); ++i) EXPECT_TRUE(runs[i] == runs[0]) << "run " << i;
 }
 
 TEST_F(AttentionGpu, BackwardIsBitwiseDeterministic) {

@@ -564,22 +564,27 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   }
 }
 
+// The rowsum preprocess D = rowsum(dO * O) into `rowsum` (both backwards).
+template <typename T>
+int launch_attention_rowsum(const AttentionParams& p, float* rowsum, cudaStream_t stream) {
+  if (p.total_q <= 0) return 0;
+  // Enough warps to cover the rows once up to a few waves; grid-stride beyond.
+  constexpr int64_t kMaxRowsumBlocks = 65536;
+  const int64_t warps = p.total_q * p.heads;
+  const int64_t blocks =
+      min64((warps + kAttnThreads / 32 - 1) / (kAttnThreads / 32), kMaxRowsumBlocks);
+  attention_rowsum_kernel<T><<<static_cast<unsigned>(blocks), kAttnThreads, 0, stream>>>(p,
+                                                                                       rowsum);
+  return launch_status(stream);
+}
+
 // The rowsum preprocess, dQ and dK/dV; `q_launch` and `k_launch` carry the
 // q-tile and k-tile schedules.
 template <typename T, int kMaxD>
 int launch_attention_backward_kernels(const AttentionParams& p, const AttentionLaunch& q_launch,
                                       const AttentionLaunch& k_launch, float* rowsum,
                                       cudaStream_t stream) {
-  if (p.total_q > 0) {
-    // Enough warps to cover the rows once up to a few waves; grid-stride beyond.
-    constexpr int64_t kMaxRowsumBlocks = 65536;
-    const int64_t warps = p.total_q * p.heads;
-    const int64_t blocks =
-        min64((warps + kAttnThreads / 32 - 1) / (kAttnThreads / 32), kMaxRowsumBlocks);
-    attention_rowsum_kernel<T><<<static_cast<unsigned>(blocks), kAttnThreads, 0, stream>>>(
-        p, rowsum);
-    if (const int error = launch_status(stream)) return error;
-  }
+  if (const int error = launch_attention_rowsum<T>(p, rowsum, stream)) return error;
   if (q_launch.grid_tiles > 0) {
     if (const int error = launch_tile_kernel(attention_dq_kernel<T, kMaxD>, DqSmem<kMaxD>::kBytes,
                                              p, q_launch, p.heads, stream)) {

@@ -155,17 +155,6 @@ struct MmaDkvSmem {
   static_assert(kM <= kMmaBwdWarps * 32, "one thread per query of a tile loads its statistics");
 };
 
-// Lane offsets (elements) of the three ldmatrix patterns of the header.
-__device__ __forceinline__ int mma_a_lane(int lane, int w0, int ld) {
-  return (w0 + lane % 16) * ld + (lane / 16) * 8;
-}
-__device__ __forceinline__ int mma_b_lane(int lane, int ld) {
-  return ((lane / 16) * 8 + lane % 8) * ld + ((lane / 8) % 2) * 8;
-}
-__device__ __forceinline__ int mma_bt_lane(int lane, int ld) {
-  return (((lane / 8) % 2) * 8 + lane % 8) * ld + (lane / 16) * 8;
-}
-
 // c[kNTiles] = A B^T-style product of 16 rows (A at a_tile + a_lane) with kNTiles * 8
 // rows of a [n][k] tile (b_tile + b_lane), over kD / 16 k-steps.
 template <typename T, int kD, int kNTiles, int kLd>
@@ -183,61 +172,6 @@ __device__ __forceinline__ void mma_rows_by_rows(float (&c)[kNTiles][4], const T
       ldmatrix_x4(b, smem_address(b_rows + np * 16 * kLd + ks * 16));
       mma_16816<T>(c[2 * np], a, b[0], b[1]);
       mma_16816<T>(c[2 * np + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// acc[kD / 8] += X B with X the 16 x kK accumulator tile x (C -> A, rounded to
-// T) and B[k][n] a row-major [k][n] tile (b_rows at bt_lane, .trans).
-template <typename T, int kD, int kK, int kLd>
-__device__ __forceinline__ void mma_acc_by_rows_trans(float (&acc)[kD / 8][4],
-                                                      const float (&x)[kK / 8][4],
-                                                      const T* b_rows) {
-#pragma unroll
-  for (int kk = 0; kk < kK / 16; ++kk) {
-    const uint32_t a[4] = {pack_pair<T>(x[2 * kk][0], x[2 * kk][1]),
-                           pack_pair<T>(x[2 * kk][2], x[2 * kk][3]),
-                           pack_pair<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                           pack_pair<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
-#pragma unroll
-    for (int dp = 0; dp < kD / 16; ++dp) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, smem_address(b_rows + kk * 16 * kLd + dp * 16));
-      mma_16816<T>(acc[2 * dp], a, b[0], b[1]);
-      mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
-    }
-  }
-}
-
-// Rounds the warp's 16 x kD accumulator (times mul) to T into rows of
-// `stage` (the warp's own shared-memory rows), then stores rows [0, wn),
-// columns [0, d) to `dst` rows row0.. of head `head`, 16 bytes per lane.
-template <typename T, int kD, int kLd>
-__device__ __forceinline__ void mma_store_rows(const float (&acc)[kD / 8][4], float mul, T* stage,
-                                               const TokenTensor& dst, int64_t row0, int wn,
-                                               int head, int d, int lane) {
-  const int g = lane / 4;
-  const int t = lane % 4;
-  __syncwarp();
-#pragma unroll
-  for (int j = 0; j < kD / 8; ++j) {
-    const int col = 8 * j + 2 * t;
-    *reinterpret_cast<uint32_t*>(stage + g * kLd + col) =
-        pack_pair<T>(acc[j][0] * mul, acc[j][1] * mul);
-    *reinterpret_cast<uint32_t*>(stage + (g + 8) * kLd + col) =
-        pack_pair<T>(acc[j][2] * mul, acc[j][3] * mul);
-  }
-  __syncwarp();
-  constexpr int kChunks = kD / kMmaHeadDimAlign;
-  T* const out = static_cast<T*>(const_cast<void*>(dst.data));
-#pragma unroll
-  for (int it = 0; it < kMmaWarpRows * kChunks / 32; ++it) {
-    const int e = lane + it * 32;
-    const int r = e / kChunks;
-    const int c = (e % kChunks) * kMmaHeadDimAlign;
-    if (r < wn && c < d) {
-      const uint4 v = *reinterpret_cast<const uint4*>(stage + r * kLd + c);
-      *reinterpret_cast<uint4*>(out + dst.offset(row0 + r, head) + c) = v;
     }
   }
 }
@@ -347,27 +281,7 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = exp2f(s[j][e] * scale_log2 - lse2[e / 2]);
       }
-      const bool whole = nk == kN && kt >= wi0 + wn - 1 + diag + p.band.lo &&
-                         kt + kN - 1 <= wi0 + diag + p.band.hi;
-      if (!whole) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          // Row i sees keys kt + [jlo, jhi) of this tile.
-          const int64_t rel = wi0 + g + 8 * r + diag - kt;
-          const int64_t lo = rel + p.band.lo;
-          const int64_t hi = rel + p.band.hi + 1;
-          const int jlo = static_cast<int>(lo < 0 ? 0 : (lo > kN ? kN : lo));
-          const int jhi = static_cast<int>(hi < 0 ? 0 : (hi > nk ? nk : hi));
-#pragma unroll
-          for (int j = 0; j < kSTiles; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int col = 8 * j + 2 * t + e;
-              if (col < jlo || col >= jhi) s[j][2 * r + e] = 0.f;
-            }
-          }
-        }
-      }
+      mma_mask_key_band<kN>(s, p.band, wi0, wn, diag, kt, nk, g, t, 0.f);
 
       // dP = dO V^T; dS = P (dP - D) in place of P.
       {
@@ -387,7 +301,8 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
     if (wn == 0) continue;  // warp-uniform; the next tile starts with a block barrier
     // The warp's own Q rows: no other warp reads them, and every cp.async
     // into them completed before the first key tile.
-    mma_store_rows<T, kD, kLd>(dq, p.scale, qs + w0 * kLd, p.dq, sq.q0 + wi0, wn, h, d, lane);
+    mma_store_rows<T, kD, kLd>(dq, p.scale, p.scale, qs + w0 * kLd, p.dq, sq.q0 + wi0, wn, h, d,
+                               lane);
   }
 }
 
@@ -532,14 +447,7 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
           const int64_t hi = rel - p.band.lo + 1;
           const int clo = static_cast<int>(lo < 0 ? 0 : (lo > kM ? kM : lo));
           const int chi = static_cast<int>(hi < 0 ? 0 : (hi > kM ? kM : hi));
-#pragma unroll
-          for (int j = 0; j < kQTiles; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int col = 8 * j + 2 * t + e;
-              if (col < clo || col >= chi) s[j][2 * r + e] = 0.f;
-            }
-          }
+          mma_mask_columns<kQTiles>(s, r, clo, chi, t, 0.f);
         }
       }
 
@@ -568,8 +476,9 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
     if (wn == 0) continue;  // warp-uniform; the next tile starts with a block barrier
     // The warp's own K / V rows: only this warp reads them (as A operands),
     // and no cp.async is in flight after the last query tile.
-    mma_store_rows<T, kD, kLd>(dk, p.scale, ks + w0 * kLd, p.dk, k0 + wj0, wn, kh, d, lane);
-    mma_store_rows<T, kD, kLd>(dv, 1.f, vs + w0 * kLd, p.dv, k0 + wj0, wn, kh, d, lane);
+    mma_store_rows<T, kD, kLd>(dk, p.scale, p.scale, ks + w0 * kLd, p.dk, k0 + wj0, wn, kh, d,
+                               lane);
+    mma_store_rows<T, kD, kLd>(dv, 1.f, 1.f, vs + w0 * kLd, p.dv, k0 + wj0, wn, kh, d, lane);
   }
 }
 
@@ -580,34 +489,22 @@ int launch_attention_mma_backward_kernels(const AttentionParams& p,
                                           const AttentionLaunch& q_launch,
                                           const AttentionLaunch& k_launch, float* rowsum,
                                           cudaStream_t stream) {
-  constexpr int kThreads = kMmaBwdWarps * 32;
-  if (p.total_q > 0) {
-    // As the SIMT backward: enough warps to cover the rows once up to a few
-    // waves; grid-stride beyond.
-    constexpr int64_t kMaxRowsumBlocks = 65536;
-    const int64_t warps = p.total_q * p.heads;
-    const int64_t blocks =
-        min64((warps + kAttnThreads / 32 - 1) / (kAttnThreads / 32), kMaxRowsumBlocks);
-    attention_rowsum_kernel<T><<<static_cast<unsigned>(blocks), kAttnThreads, 0, stream>>>(
-        p, rowsum);
-    if (const int error = launch_status(stream)) return error;
-  }
+  // launch_tile_kernel runs kAttnThreads-thread blocks.
+  static_assert(kMmaBwdWarps * 32 == kAttnThreads, "one warp per 16 rows of a 64-row tile");
+  if (const int error = launch_attention_rowsum<T>(p, rowsum, stream)) return error;
   if (q_launch.grid_tiles > 0) {
-    using S = MmaDqSmem<T, kD>;
-    auto kernel = attention_mma_dq_kernel<T, kD>;
-    if (const int error = set_smem(kernel, S::kBytes)) return error;
-    const dim3 grid(static_cast<unsigned>(q_launch.grid_tiles), static_cast<unsigned>(p.heads));
-    kernel<<<grid, kThreads, S::kBytes, stream>>>(p, q_launch);
-    if (const int error = launch_status(stream)) return error;
+    if (const int error =
+            launch_tile_kernel(attention_mma_dq_kernel<T, kD>, MmaDqSmem<T, kD>::kBytes, p,
+                               q_launch, p.heads, stream)) {
+      return error;
+    }
   }
   if (k_launch.grid_tiles > 0) {
-    using S = MmaDkvSmem<T, kD>;
-    auto kernel = attention_mma_dkv_kernel<T, kD>;
-    if (const int error = set_smem(kernel, S::kBytes)) return error;
-    const dim3 grid(static_cast<unsigned>(k_launch.grid_tiles),
-                    static_cast<unsigned>(p.kv_heads));
-    kernel<<<grid, kThreads, S::kBytes, stream>>>(p, k_launch);
-    if (const int error = launch_status(stream)) return error;
+    if (const int error =
+            launch_tile_kernel(attention_mma_dkv_kernel<T, kD>, MmaDkvSmem<T, kD>::kBytes, p,
+                               k_launch, p.kv_heads, stream)) {
+      return error;
+    }
   }
   return 0;
 }

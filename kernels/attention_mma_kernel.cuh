@@ -164,6 +164,117 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
   return bits;
 }
 
+// ---- fragment helpers (shared with attention_mma_bwd_kernel.cuh) ------------------
+
+// Lane offsets (elements) of the three ldmatrix patterns (top of the file):
+// a_lane for A from a row-major [m][k] tile (Q), b_lane for B from a [n][k]
+// tile (K), bt_lane for B from a row-major [k][n] tile via .trans (V).
+__device__ __forceinline__ int mma_a_lane(int lane, int w0, int ld) {
+  return (w0 + lane % 16) * ld + (lane / 16) * 8;
+}
+__device__ __forceinline__ int mma_b_lane(int lane, int ld) {
+  return ((lane / 16) * 8 + lane % 8) * ld + ((lane / 8) % 2) * 8;
+}
+__device__ __forceinline__ int mma_bt_lane(int lane, int ld) {
+  return (((lane / 8) % 2) * 8 + lane % 8) * ld + (lane / 16) * 8;
+}
+
+// acc[kD / 8] += X B with X the 16 x kK accumulator tile x (C -> A, rounded to
+// T) and B[k][n] a row-major [k][n] tile (b_rows at bt_lane, .trans).
+template <typename T, int kD, int kK, int kLd>
+__device__ __forceinline__ void mma_acc_by_rows_trans(float (&acc)[kD / 8][4],
+                                                      const float (&x)[kK / 8][4],
+                                                      const T* b_rows) {
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    const uint32_t a[4] = {pack_pair<T>(x[2 * kk][0], x[2 * kk][1]),
+                           pack_pair<T>(x[2 * kk][2], x[2 * kk][3]),
+                           pack_pair<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                           pack_pair<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < kD / 16; ++dp) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, smem_address(b_rows + kk * 16 * kLd + dp * 16));
+      mma_16816<T>(acc[2 * dp], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Row g + 8 r of a 16 x (8 kNTiles) accumulator tile (r = 0: c0, c1; r = 1:
+// c2, c3): the columns outside [lo, hi) become `fill`.
+template <int kNTiles>
+__device__ __forceinline__ void mma_mask_columns(float (&c)[kNTiles][4], int r, int lo, int hi,
+                                                 int t, float fill) {
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int col = 8 * j + 2 * t + e;
+      if (col < lo || col >= hi) c[j][2 * r + e] = fill;
+    }
+  }
+}
+
+// The band and the key tile's end on a warp's 16 x kN tile of scores (rows:
+// queries wi0 + g, wi0 + g + 8 of its wn valid ones; columns: keys kt ..
+// kt + nk - 1): the entries outside become `fill`, per element only where
+// some valid row of the warp misses some key of the tile.
+template <int kN>
+__device__ __forceinline__ void mma_mask_key_band(float (&s)[kN / 8][4], const AttentionBand& band,
+                                                  int64_t wi0, int wn, int64_t diag, int64_t kt,
+                                                  int nk, int g, int t, float fill) {
+  const bool whole =
+      nk == kN && kt >= wi0 + wn - 1 + diag + band.lo && kt + kN - 1 <= wi0 + diag + band.hi;
+  if (!whole) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // Row i sees keys kt + [jlo, jhi) of this tile.
+      const int64_t rel = wi0 + g + 8 * r + diag - kt;
+      const int64_t lo = rel + band.lo;
+      const int64_t hi = rel + band.hi + 1;
+      const int jlo = static_cast<int>(lo < 0 ? 0 : (lo > kN ? kN : lo));
+      const int jhi = static_cast<int>(hi < 0 ? 0 : (hi > nk ? nk : hi));
+      mma_mask_columns<kN / 8>(s, r, jlo, jhi, t, fill);
+    }
+  }
+}
+
+// Rounds the warp's 16 x kD accumulator to T, row g times mul_g and row g + 8
+// times mul_g8, into rows of `stage` (the warp's own shared-memory rows), then
+// stores rows [0, wn), columns [0, d) to `dst` rows row0.. of head `head`, 16
+// bytes per lane.
+template <typename T, int kD, int kLd>
+__device__ __forceinline__ void mma_store_rows(const float (&acc)[kD / 8][4], float mul_g,
+                                               float mul_g8, T* stage, const TokenTensor& dst,
+                                               int64_t row0, int wn, int head, int d, int lane) {
+  const int g = lane / 4;
+  const int t = lane % 4;
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < kD / 8; ++j) {
+    const int col = 8 * j + 2 * t;
+    // col and kLd are even: 4-byte aligned.
+    *reinterpret_cast<uint32_t*>(stage + g * kLd + col) =
+        pack_pair<T>(acc[j][0] * mul_g, acc[j][1] * mul_g);
+    *reinterpret_cast<uint32_t*>(stage + (g + 8) * kLd + col) =
+        pack_pair<T>(acc[j][2] * mul_g8, acc[j][3] * mul_g8);
+  }
+  __syncwarp();
+  constexpr int kChunks = kD / kMmaHeadDimAlign;
+  T* const out = static_cast<T*>(const_cast<void*>(dst.data));
+#pragma unroll
+  for (int it = 0; it < kMmaWarpRows * kChunks / 32; ++it) {
+    const int e = lane + it * 32;
+    const int r = e / kChunks;
+    const int c = (e % kChunks) * kMmaHeadDimAlign;
+    if (r < wn && c < d) {
+      const uint4 v = *reinterpret_cast<const uint4*>(stage + r * kLd + c);
+      *reinterpret_cast<uint4*>(out + dst.offset(row0 + r, head) + c) = v;
+    }
+  }
+}
+
 // ---- the kernel -------------------------------------------------------------------
 
 template <typename T, int kD, int kWarps>
@@ -215,7 +326,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr int kN = kMmaKeyTile;
   constexpr int kQkSteps = kD / 16;  // k-steps of S = Q K^T
   constexpr int kSTiles = kN / 8;    // n-tiles of S (8 keys each)
-  constexpr int kPvSteps = kN / 16;  // k-steps of O = P V
   constexpr int kOTiles = kD / 8;    // n-tiles of O (8 dims each)
   static_assert(kD % 16 == 0 && kN % 16 == 0, "whole mma tiles");
 
@@ -236,9 +346,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int w0 = warp * kMmaWarpRows;  // this warp's first row within the tile
 
   // Per-lane ldmatrix offsets (elements), see the top of the file.
-  const int q_lane = (w0 + lane % 16) * kLd + (lane / 16) * 8;
-  const int k_lane = ((lane / 16) * 8 + lane % 8) * kLd + ((lane / 8) % 2) * 8;
-  const int v_lane = (((lane / 8) % 2) * 8 + lane % 8) * kLd + (lane / 16) * 8;
+  const int q_lane = mma_a_lane(lane, w0, kLd);
+  const int k_lane = mma_b_lane(lane, kLd);
+  const int v_lane = mma_bt_lane(lane, kLd);
 
   for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
     const TileRef ref = find_tile(l.tile_starts, p.batch, tile);
@@ -318,27 +428,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] *= scale_log2;
       }
-      const bool whole = nk == kN && kt >= wi0 + wn - 1 + diag + p.band.lo &&
-                         kt + kN - 1 <= wi0 + diag + p.band.hi;
-      if (!whole) {
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          // Row i sees keys kt + [jlo, jhi) of this tile.
-          const int64_t rel = wi0 + g + 8 * r + diag - kt;
-          const int64_t lo = rel + p.band.lo;
-          const int64_t hi = rel + p.band.hi + 1;
-          const int jlo = static_cast<int>(lo < 0 ? 0 : (lo > kN ? kN : lo));
-          const int jhi = static_cast<int>(hi < 0 ? 0 : (hi > nk ? nk : hi));
-#pragma unroll
-          for (int j = 0; j < kSTiles; ++j) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int col = 8 * j + 2 * t + e;
-              if (col < jlo || col >= jhi) s[j][2 * r + e] = -INFINITY;
-            }
-          }
-        }
-      }
+      mma_mask_key_band<kN>(s, p.band, wi0, wn, diag, kt, nk, g, t, -INFINITY);
 
       // Online softmax, rows g (r = 0: c0, c1) and g + 8 (r = 1: c2, c3).
       float alpha[2];
@@ -377,20 +467,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
 
       // O += P V, P packed from the S accumulators (C -> A at the top).
-#pragma unroll
-      for (int kk = 0; kk < kPvSteps; ++kk) {
-        const uint32_t a[4] = {pack_pair<T>(s[2 * kk][0], s[2 * kk][1]),
-                               pack_pair<T>(s[2 * kk][2], s[2 * kk][3]),
-                               pack_pair<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack_pair<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-        for (int dp = 0; dp < kOTiles / 2; ++dp) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, smem_address(vs_tile + v_lane + kk * 16 * kLd + dp * 16));
-          mma_16816<T>(o[2 * dp], a, b[0], b[1]);
-          mma_16816<T>(o[2 * dp + 1], a, b[2], b[3]);
-        }
-      }
+      mma_acc_by_rows_trans<T, kD, kN, kLd>(o, s, vs_tile + v_lane);
     }
 
     if (wn == 0) continue;  // warp-uniform; the next tile starts with a block barrier
@@ -404,30 +481,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     // Stage O in this warp's own Q rows (its Q fragments are in registers;
     // no other warp reads these rows), then 16-byte stores of whole rows.
-    __syncwarp();
-    T* const os = qs + w0 * kLd;
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j) {
-      const int col = 8 * j + 2 * t;
-      const uint32_t top = pack_pair<T>(o[j][0] * inv[0], o[j][1] * inv[0]);
-      const uint32_t bottom = pack_pair<T>(o[j][2] * inv[1], o[j][3] * inv[1]);
-      // col and kLd are even: 4-byte aligned.
-      *reinterpret_cast<uint32_t*>(os + g * kLd + col) = top;
-      *reinterpret_cast<uint32_t*>(os + (g + 8) * kLd + col) = bottom;
-    }
-    __syncwarp();
-    constexpr int kChunks = kD / kMmaHeadDimAlign;
-    T* const out = static_cast<T*>(const_cast<void*>(p.out.data));
-#pragma unroll
-    for (int it = 0; it < kMmaWarpRows * kChunks / 32; ++it) {
-      const int e = lane + it * 32;
-      const int r = e / kChunks;
-      const int c = (e % kChunks) * kMmaHeadDimAlign;
-      if (r < wn && c < d) {
-        const uint4 v = *reinterpret_cast<const uint4*>(os + r * kLd + c);
-        *reinterpret_cast<uint4*>(out + p.out.offset(sq.q0 + wi0 + r, h) + c) = v;
-      }
-    }
+    mma_store_rows<T, kD, kLd>(o, inv[0], inv[1], qs + w0 * kLd, p.out, sq.q0 + wi0, wn, h, d,
+                               lane);
     if (p.lse != nullptr && t == 0) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {

@@ -100,6 +100,10 @@ class AttentionGpu : public ::testing::Test {
     return r;
   }
 
+  // The strided-layout cases of the tensor-core forward or backward (defined
+  // below, next to restride).
+  void expect_strided_layouts_match(bool backward);
+
   spembed_handle_t handle_ = nullptr;
 };
 
@@ -270,10 +274,11 @@ TEST_F(AttentionGpu, TensorCoreForwardBoundaries) {
   }
 }
 
-// Strided views: token strides padded by a multiple of 8 elements keep the
+// Runs one shape (fp16 and bf16) with q, k, v (and dout for the backward)
+// restrided: token strides padded by a multiple of 8 elements keep the
 // tensor-core path; a stride or base pointer off the 16-byte grid falls back
 // to the SIMT kernel. Both must match the reference.
-TEST_F(AttentionGpu, TensorCoreForwardStridesAndFallback) {
+void AttentionGpu::expect_strided_layouts_match(bool backward) {
   struct Layout {
     const char* name;
     int64_t pad;
@@ -291,10 +296,13 @@ TEST_F(AttentionGpu, TensorCoreForwardStridesAndFallback) {
       d.q = restride(d.q, s.heads, s.d, layout.pad, layout.byte_offset);
       d.k = restride(d.k, s.kv_heads, s.d, layout.pad, layout.byte_offset);
       d.v = restride(d.v, s.kv_heads, s.d, layout.pad, layout.byte_offset);
-      expect_matches_reference(d, run(d, false), false);
+      if (backward) d.dout = restride(d.dout, s.heads, s.d, layout.pad, layout.byte_offset);
+      expect_matches_reference(d, run(d, backward), backward);
     }
   }
 }
+
+TEST_F(AttentionGpu, TensorCoreForwardStridesAndFallback) { expect_strided_layouts_match(false); }
 
 // The tensor-core backward (fp16 / bf16 under the forward's rule, applied to
 // dout, dq, dk and dv too; kernels/attention_mma_bwd_kernel.cuh): lengths
@@ -345,29 +353,7 @@ TEST_F(AttentionGpu, TensorCoreBackwardBoundaries) {
 
 // Strided q, k, v and dout: padded by 8 elements keeps the tensor-core
 // backward; off the 16-byte grid falls back to the SIMT one.
-TEST_F(AttentionGpu, TensorCoreBackwardStridesAndFallback) {
-  struct Layout {
-    const char* name;
-    int64_t pad;
-    uint64_t byte_offset;
-  };
-  const Layout layouts[] = {{"padded by 8 (tensor cores)", 8, 0},
-                            {"offset by 16 bytes (tensor cores)", 0, 16},
-                            {"padded by 4 (fallback)", 4, 0},
-                            {"offset by 2 bytes (fallback)", 0, 2}};
-  const Shape s{{17, 64, 65}, {30, 64, 65}, 4, 2, 64, true};
-  for (DLDataType t : {kF16, kBF16}) {
-    for (const Layout& layout : layouts) {
-      SCOPED_TRACE(describe(s, t) + layout.name);
-      AttentionData d = make_mma_case(s, t, 0);
-      d.q = restride(d.q, s.heads, s.d, layout.pad, layout.byte_offset);
-      d.k = restride(d.k, s.kv_heads, s.d, layout.pad, layout.byte_offset);
-      d.v = restride(d.v, s.kv_heads, s.d, layout.pad, layout.byte_offset);
-      d.dout = restride(d.dout, s.heads, s.d, layout.pad, layout.byte_offset);
-      expect_matches_reference(d, run(d, true), true);
-    }
-  }
-}
+TEST_F(AttentionGpu, TensorCoreBackwardStridesAndFallback) { expect_strided_layouts_match(true); }
 
 // One tensor-core case (fp16, head dim 128, MQA, causal window, an empty
 // sequence and Lq != Lk), 20 runs bitwise equal.

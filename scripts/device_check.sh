@@ -425,7 +425,13 @@ else
     >"$out_dir/torch_ops.jsonl" 2>>"$bench_log"
   rc=$?
   cat "$out_dir/torch_ops.jsonl"
-  if ((rc == 0)); then record torch_ops_bench pass ""; else record torch_ops_bench fail "exit $rc"; fi
+  if ((rc != 0)); then
+    record torch_ops_bench fail "exit $rc"
+  elif ! grep -q "^{" "$out_dir/torch_ops.jsonl"; then
+    record torch_ops_bench skip "no results (no CUDA device visible to PyTorch)"
+  else
+    record torch_ops_bench pass ""
+  fi
 fi
 
 # ---- 7. report -------------------------------------------------------------------------
@@ -464,7 +470,7 @@ fi
   echo "## Embedding bag forward and backward; varlen attention"
   echo
   if [[ -n $table ]]; then echo "$table"; else echo "No benchmark results."; fi
-  if [[ -s $out_dir/torch_ops.jsonl ]]; then
+  if grep -q "^{" "$out_dir/torch_ops.jsonl" 2>/dev/null; then
     echo
     echo "## spembed torch ops vs torch (torch_ops_bench.py, one JSON line per case)"
     echo

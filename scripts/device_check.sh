@@ -356,63 +356,41 @@ else
   fi
 fi
 
-limit=$(step_limit 120 95)
-if ((limit < 20)); then
-  record torch_embedding_bag fail "no time left"
-else
-  log "torch_embedding_bag.py (at most ${limit}s)"
-  rm -f "$torch_json"
-  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 benchmarks/torch_embedding_bag.py \
-    --json "$torch_json" 2>&1 | tee -a "$bench_log"
+# A PyTorch peer script: `name` runs benchmarks/<name>.py for at most `cap`
+# seconds (keeping `reserve` for the steps after it) and writes `json`;
+# no JSON means PyTorch or CUDA was not there. Extra arguments follow; the
+# string {limit-10} in them becomes the step's limit less 10 s.
+run_torch_script() {
+  local name=$1 json=$2 cap=$3 reserve=$4
+  shift 4
+  limit=$(step_limit "$cap" "$reserve")
+  if ((limit < 20)); then
+    record "$name" fail "no time left"
+    return
+  fi
+  local extra=()
+  (($# > 0)) && extra=("${@//\{limit-10\}/$((limit - 10))}")
+  log "$name.py (at most ${limit}s)"
+  rm -f "$json"
+  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 "benchmarks/$name.py" \
+    --json "$json" "${extra[@]}" 2>&1 | tee -a "$bench_log"
   rc=${PIPESTATUS[0]}
   if ((rc != 0)); then
-    record torch_embedding_bag fail "exit $rc (124: out of time)"
-  elif [[ ! -f $torch_json ]]; then
-    record torch_embedding_bag skip "PyTorch or CUDA not available to it"
+    record "$name" fail "exit $rc (124: out of time)"
+  elif [[ ! -f $json ]]; then
+    record "$name" skip "PyTorch or CUDA not available to it"
+  elif grep -q 'budget-s .* reached' "$bench_log"; then
+    record "$name" pass "cut short by its time budget: some cases not run"
   else
-    record torch_embedding_bag pass ""
+    record "$name" pass ""
   fi
-fi
+}
 
-limit=$(step_limit 150 35)
-if ((limit < 20)); then
-  record torch_embedding_bag_backward fail "no time left"
-else
-  log "torch_embedding_bag_backward.py (at most ${limit}s)"
-  rm -f "$torch_bwd_json"
-  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 benchmarks/torch_embedding_bag_backward.py \
-    --json "$torch_bwd_json" 2>&1 | tee -a "$bench_log"
-  rc=${PIPESTATUS[0]}
-  if ((rc != 0)); then
-    record torch_embedding_bag_backward fail "exit $rc (124: out of time)"
-  elif [[ ! -f $torch_bwd_json ]]; then
-    record torch_embedding_bag_backward skip "PyTorch or CUDA not available to it"
-  else
-    record torch_embedding_bag_backward pass ""
-  fi
-fi
-
+run_torch_script torch_embedding_bag "$torch_json" 120 95
+run_torch_script torch_embedding_bag_backward "$torch_bwd_json" 150 35
 # The attention peers stop starting new cases 10 s before their limit, so a
 # tight budget still leaves a JSON of the cases that ran.
-limit=$(step_limit 90 10)
-if ((limit < 20)); then
-  record torch_attention fail "no time left"
-else
-  log "torch_attention.py (at most ${limit}s)"
-  rm -f "$torch_attn_json"
-  PYTHONUNBUFFERED=1 timeout -k 5 "$limit" python3 benchmarks/torch_attention.py \
-    --json "$torch_attn_json" --budget-s $((limit - 10)) 2>&1 | tee -a "$bench_log"
-  rc=${PIPESTATUS[0]}
-  if ((rc != 0)); then
-    record torch_attention fail "exit $rc (124: out of time)"
-  elif [[ ! -f $torch_attn_json ]]; then
-    record torch_attention skip "PyTorch or CUDA not available to it"
-  elif grep -q 'budget-s .* reached' "$bench_log"; then
-    record torch_attention pass "cut short by its time budget: some cases not run"
-  else
-    record torch_attention pass ""
-  fi
-fi
+run_torch_script torch_attention "$torch_attn_json" 90 10 --budget-s "{limit-10}"
 
 limit=$(step_limit 120 10)
 if [[ $py_tests == "not run" ]] || ! python3 -c "import spembed" 2>/dev/null; then

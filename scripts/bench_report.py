@@ -202,27 +202,39 @@ def forward_section(context, by_case, have_torch, gpu):
     checks = []
     for case, case_rows in by_case.items():
         shape, dist, dtype, pool = case.split("/")
-        case_rows.sort(key=lambda r: PEER_ORDER.get(r["peer"], 9))
-        ok_rows = [r for r in case_rows if "error" not in r]
-        mine = next((r for r in ok_rows if r["peer"] == "spembed"), None)
-        others = [r for r in ok_rows if r["peer"] != "spembed"]
-        for r in case_rows:
-            peer = r["peer"] + (f" ({r['label']})" if r.get("label") else "")
-            if "error" in r:
-                lines.append(f"| {shape} | {dist} | {dtype} | {pool} | {peer} | "
-                             f"{r['error']} | | | |")
-                continue
-            speedup = ""
-            if mine is not None and r is not mine:
-                speedup = f"{r['us'] / mine['us']:.2f}x"
-            elif mine is not None and others:
-                best = min(others, key=lambda o: o["us"])
-                speedup = f"{best['us'] / mine['us']:.2f}x vs {best['peer']}"
-            lines.append(f"| {shape} | {dist} | {dtype} | {pool} | {peer} | {fmt(r['us'])} | "
-                         f"{fmt(r['GBps'])} | {fmt(r['pct_copy_bw'])} | {speedup} |")
+        mine, rows = bandwidth_rows([shape, dist, dtype, pool], case_rows,
+                                    lambda peer: peer != "spembed")
+        lines.extend(rows)
         checks.extend(target_checks(case, mine, case_rows, have_torch))
     lines.extend(targets_table(checks, gpu))
     return lines
+
+
+def bandwidth_rows(lead, case_rows, is_rival):
+    """Table rows of one case's peers (sorted in place), each after the `lead`
+    cells: us, GB/s, % copy BW and the speedup of spembed over that peer (on
+    spembed's own row: over the fastest rival). Returns (spembed's row or
+    None, the lines)."""
+    case_rows.sort(key=lambda r: PEER_ORDER.get(r["peer"], 9))
+    ok_rows = [r for r in case_rows if "error" not in r]
+    mine = next((r for r in ok_rows if r["peer"] == "spembed"), None)
+    others = [r for r in ok_rows if is_rival(r["peer"])]
+    head = "| " + " | ".join(lead) + " | "
+    lines = []
+    for r in case_rows:
+        peer = r["peer"] + (f" ({r['label']})" if r.get("label") else "")
+        if "error" in r:
+            lines.append(f"{head}{peer} | {r['error']} | | | |")
+            continue
+        speedup = ""
+        if mine is not None and r is not mine:
+            speedup = f"{r['us'] / mine['us']:.2f}x"
+        elif mine is not None and others:
+            best = min(others, key=lambda o: o["us"])
+            speedup = f"{best['us'] / mine['us']:.2f}x vs {best['peer']}"
+        lines.append(f"{head}{peer} | {fmt(r['us'])} | {fmt(r['GBps'])} | "
+                     f"{fmt(r['pct_copy_bw'])} | {speedup} |")
+    return mine, lines
 
 
 def targets_table(checks, gpu):
@@ -257,23 +269,9 @@ def backward_section(context, by_case, have_torch, gpu):
     checks = []
     for case, case_rows in by_case.items():
         shape, dist, _dtype, what = case.split("/")
-        case_rows.sort(key=lambda r: PEER_ORDER.get(r["peer"], 9))
-        ok_rows = [r for r in case_rows if "error" not in r]
-        mine = next((r for r in ok_rows if r["peer"] == "spembed"), None)
-        others = [r for r in ok_rows if not r["peer"].startswith("spembed")]
-        for r in case_rows:
-            peer = r["peer"] + (f" ({r['label']})" if r.get("label") else "")
-            if "error" in r:
-                lines.append(f"| {shape} | {dist} | {what} | {peer} | {r['error']} | | | |")
-                continue
-            speedup = ""
-            if mine is not None and r is not mine:
-                speedup = f"{r['us'] / mine['us']:.2f}x"
-            elif mine is not None and others:
-                best = min(others, key=lambda o: o["us"])
-                speedup = f"{best['us'] / mine['us']:.2f}x vs {best['peer']}"
-            lines.append(f"| {shape} | {dist} | {what} | {peer} | {fmt(r['us'])} | "
-                         f"{fmt(r['GBps'])} | {fmt(r['pct_copy_bw'])} | {speedup} |")
+        mine, rows = bandwidth_rows([shape, dist, what], case_rows,
+                                    lambda peer: not peer.startswith("spembed"))
+        lines.extend(rows)
         checks.extend(backward_checks(case, mine, case_rows, have_torch))
     lines.extend(targets_table(checks, gpu))
     return lines

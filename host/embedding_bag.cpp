@@ -23,6 +23,14 @@ spembed_status_t check_handle(spembed_handle_t handle) {
   return SPEMBED_STATUS_SUCCESS;
 }
 
+spembed_status_t check_batch_of(spembed_handle_t handle, spembed_table_batch_t batch) {
+  if (batch == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: must not be NULL");
+  if (batch->handle != handle) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: was created with another handle");
+  }
+  return SPEMBED_STATUS_SUCCESS;
+}
+
 spembed_status_t resolve_options(const spembed_embedding_bag_options_t* given,
                                  spembed_embedding_bag_options_t* options) {
   spembed_embedding_bag_options_init(options);
@@ -413,11 +421,7 @@ spembed_status_t spembed_embedding_bag_batched_forward(
     DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream) {
   return guarded("spembed_embedding_bag_batched_forward", [&] {
     SPEMBED_RETURN_IF_ERROR(check_handle(handle));
-    if (batch == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: must not be NULL");
-    if (batch->handle != handle) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "batch: was created with another handle");
-    }
+    SPEMBED_RETURN_IF_ERROR(check_batch_of(handle, batch));
     spembed_embedding_bag_options_t opts;
     SPEMBED_RETURN_IF_ERROR(resolve_options(options, &opts));
     if (opts.pooling == SPEMBED_POOLING_NONE) {

@@ -467,10 +467,7 @@ spembed_status_t spembed_embedding_bag_batched_backward_workspace_size(
     spembed_backward_algorithm_t algorithm, size_t* bytes) {
   return guarded(kBatchedWorkspaceQuery, [&] {
     SPEMBED_RETURN_IF_ERROR(check_query_common(handle, index_dtype, nnz, algorithm, bytes));
-    if (batch == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: must not be NULL");
-    if (batch->handle != handle) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: was created with another handle");
-    }
+    SPEMBED_RETURN_IF_ERROR(check_batch_of(handle, batch));
     int64_t total_rows = 0;
     for (const TableMeta& t : batch->tables) total_rows += t.rows;
     *bytes = batch->device.device_type == kDLCUDA
@@ -519,10 +516,7 @@ spembed_status_t spembed_embedding_bag_batched_backward(
     DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream) {
   return guarded("spembed_embedding_bag_batched_backward", [&] {
     SPEMBED_RETURN_IF_ERROR(check_handle(handle));
-    if (batch == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: must not be NULL");
-    if (batch->handle != handle) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: was created with another handle");
-    }
+    SPEMBED_RETURN_IF_ERROR(check_batch_of(handle, batch));
     if (args == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "args: must not be NULL");
     spembed_embedding_bag_options_t opts;
     SPEMBED_RETURN_IF_ERROR(resolve_options(options, &opts));

@@ -18,6 +18,8 @@ constexpr DLDataType kInt64{kDLInt, 64, 1};
 constexpr size_t kWorkspaceAlignment = 16;  // the check record is updated with 8-byte atomics
 
 spembed_status_t check_handle(spembed_handle_t handle);
+// `batch` is non-NULL and was created with `handle` (which is not checked here).
+spembed_status_t check_batch_of(spembed_handle_t handle, spembed_table_batch_t batch);
 
 // The defaults when `given` is NULL; fails on unknown enum values.
 spembed_status_t resolve_options(const spembed_embedding_bag_options_t* given,

@@ -15,32 +15,30 @@
 // which bounds the number of tiles; blocks past the schedule's end exit.
 #include <cuda_runtime.h>
 
-#include <cub/block/block_scan.cuh>
-
 #include <cstdint>
+#include <cub/block/block_scan.cuh>
 #include <type_traits>
 
 #include "kernels/attention.h"
 #include "kernels/attention_kernel.cuh"
 #include "kernels/attention_mma_bwd_kernel.cuh"
 #include "kernels/attention_mma_kernel.cuh"
+#include "kernels/kernel_launch.cuh"
 #include "kernels/static_switch.cuh"
 
 namespace spembed::detail {
 
-#define SPEMBED_ATTENTION_EXTERN(T)                                                             \
-  extern template int launch_attention_forward<T>(const AttentionParams&,                      \
-                                                  const AttentionLaunch&, int, cudaStream_t);  \
-  extern template int launch_attention_backward<T>(const AttentionParams&,                     \
-                                                   const AttentionLaunch&,                     \
+#define SPEMBED_ATTENTION_EXTERN(T)                                                                \
+  extern template int launch_attention_forward<T>(const AttentionParams&, const AttentionLaunch&,  \
+                                                  int, cudaStream_t);                              \
+  extern template int launch_attention_backward<T>(const AttentionParams&, const AttentionLaunch&, \
                                                    const AttentionLaunch&, float*, cudaStream_t);
 SPEMBED_ATTENTION_EXTERN(float)
 SPEMBED_ATTENTION_EXTERN(__half)
 SPEMBED_ATTENTION_EXTERN(__nv_bfloat16)
 #undef SPEMBED_ATTENTION_EXTERN
 extern template int launch_attention_mma_forward<__half>(const AttentionParams&,
-                                                         const AttentionLaunch&, int,
-                                                         cudaStream_t);
+                                                         const AttentionLaunch&, int, cudaStream_t);
 extern template int launch_attention_mma_forward<__nv_bfloat16>(const AttentionParams&,
                                                                 const AttentionLaunch&, int,
                                                                 cudaStream_t);
@@ -70,9 +68,9 @@ __device__ __forceinline__ int64_t tiles_of(const int32_t* cu, int64_t b, int ro
 }
 
 __global__ void __launch_bounds__(kPlanThreads)
-    attention_plan_kernel(const int32_t* cu_q, const int32_t* cu_k, int64_t batch,
-                          int64_t total_q, int64_t total_k, int q_rows, int k_rows,
-                          int32_t* q_starts, int32_t* k_starts, AttentionRecord* record) {
+    attention_plan_kernel(const int32_t* cu_q, const int32_t* cu_k, int64_t batch, int64_t total_q,
+                          int64_t total_k, int q_rows, int k_rows, int32_t* q_starts,
+                          int32_t* k_starts, AttentionRecord* record) {
   using Scan = cub::BlockScan<int64_t, kPlanThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ unsigned long long first_bad;
@@ -123,8 +121,7 @@ __global__ void attention_report_kernel(const AttentionRecord* record, int64_t* 
   report[SPEMBED_REPORT_BAD_INDEX_COUNT] = 0;
   report[SPEMBED_REPORT_BAD_INDEX_POSITION] = -1;
   report[SPEMBED_REPORT_BAD_INDEX_VALUE] = 0;
-  report[SPEMBED_REPORT_BAD_OFFSET_POSITION] =
-      bad == kNoPosition ? -1 : static_cast<int64_t>(bad);
+  report[SPEMBED_REPORT_BAD_OFFSET_POSITION] = bad == kNoPosition ? -1 : static_cast<int64_t>(bad);
 }
 
 struct Workspace {
@@ -153,15 +150,14 @@ int64_t grid_tiles(int64_t total, int64_t batch, int rows) {
 
 int launch_plan(const AttentionParams& p, const Workspace& w, int q_rows, int k_rows,
                 cudaStream_t stream) {
-  attention_plan_kernel<<<1, kPlanThreads, 0, stream>>>(p.cu_seqlens_q, p.cu_seqlens_k, p.batch,
-                                                        p.total_q, p.total_k, q_rows, k_rows,
-                                                        w.q_starts, w.k_starts, w.record);
+  launch_kernel(attention_plan_kernel, 1, kPlanThreads, 0, stream, p.cu_seqlens_q, p.cu_seqlens_k,
+                p.batch, p.total_q, p.total_k, q_rows, k_rows, w.q_starts, w.k_starts, w.record);
   return launch_status(stream);
 }
 
 int launch_report(const AttentionParams& p, const Workspace& w, cudaStream_t stream) {
   if (p.report == nullptr) return 0;
-  attention_report_kernel<<<1, 1, 0, stream>>>(w.record, p.report);
+  launch_kernel(attention_report_kernel, 1, 1, 0, stream, w.record, p.report);
   return launch_status(stream);
 }
 
@@ -173,7 +169,9 @@ int64_t forward_rows_hint(const AttentionParams& p) {
                             : 0;
 }
 
-int forward_tpr(const AttentionParams& p) { return forward_rows_hint(p) <= kShortQueryRows ? 16 : 4; }
+int forward_tpr(const AttentionParams& p) {
+  return forward_rows_hint(p) <= kShortQueryRows ? 16 : 4;
+}
 
 // The tensor-core forward needs fp16 / bf16, head_dim a multiple of 8 up to
 // 128, and every row of q, k, v and out at a 16-byte boundary (cp.async and

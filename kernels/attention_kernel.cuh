@@ -40,6 +40,7 @@
 
 #include "kernels/attention_params.h"
 #include "kernels/embedding_bag_forward_launch.cuh"
+#include "kernels/kernel_launch.cuh"
 
 namespace spembed::detail {
 
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   constexpr int kRows = S::kRows;
   constexpr int kKeys = kAttnKeyTile / kTpr;  // scores per thread per key tile
   constexpr int kCols = kMaxD / kTpr;         // output columns per thread
-  extern __shared__ float smem[];
+  float* const smem = dynamic_shared_memory<float>();
   float* qs = smem + S::kQ;
   float* ks = smem + S::kK;
   float* vs = smem + S::kV;
@@ -317,8 +318,8 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
 
 template <typename Kernel>
 int set_smem(Kernel kernel, size_t bytes) {
-  return static_cast<int>(cudaFuncSetAttribute(
-      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  return static_cast<int>(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(bytes)));
 }
 
 // Launches a tile kernel with `bytes` of dynamic shared memory on the grid
@@ -328,7 +329,7 @@ int launch_tile_kernel(Kernel kernel, size_t bytes, const AttentionParams& p,
                        const AttentionLaunch& l, int heads, cudaStream_t stream) {
   if (const int error = set_smem(kernel, bytes)) return error;
   const dim3 grid(static_cast<unsigned>(l.grid_tiles), static_cast<unsigned>(heads));
-  kernel<<<grid, kAttnThreads, bytes, stream>>>(p, l);
+  launch_kernel(kernel, grid, kAttnThreads, bytes, stream, p, l);
   return launch_status(stream);
 }
 
@@ -355,7 +356,8 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
     const T* dout = static_cast<const T*>(p.dout.data) + p.dout.offset(t, h);
     const T* out = static_cast<const T*>(p.out.data) + p.out.offset(t, h);
     float acc = 0.f;
-    for (int c = lane; c < p.head_dim; c += 32) acc = fmaf(attn_load(dout + c), attn_load(out + c), acc);
+    for (int c = lane; c < p.head_dim; c += 32)
+      acc = fmaf(attn_load(dout + c), attn_load(out + c), acc);
     acc = row_sum<32>(acc);
     if (lane == 0) rowsum[h * p.total_q + t] = acc;
   }
@@ -384,7 +386,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   constexpr int kRows = S::kRows;
   constexpr int kKeys = kAttnKeyTile / kTpr;
   constexpr int kCols = kMaxD / kTpr;
-  extern __shared__ float smem[];
+  float* const smem = dynamic_shared_memory<float>();
   float* qs = smem + S::kQ;
   float* dos = smem + S::kDo;
   float* ks = smem + S::kK;
@@ -481,7 +483,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
   constexpr int kKeyRows = S::kKeyRows;
   constexpr int kQueries = kAttnKeyTile / kTpr;  // scores per thread per query tile
   constexpr int kCols = kMaxD / kTpr;
-  extern __shared__ float smem[];
+  float* const smem = dynamic_shared_memory<float>();
   float* ks = smem + S::kK;
   float* vs = smem + S::kV;
   float* qs = smem + S::kQ;
@@ -573,8 +575,8 @@ int launch_attention_rowsum(const AttentionParams& p, float* rowsum, cudaStream_
   const int64_t warps = p.total_q * p.heads;
   const int64_t blocks =
       min64((warps + kAttnThreads / 32 - 1) / (kAttnThreads / 32), kMaxRowsumBlocks);
-  attention_rowsum_kernel<T><<<static_cast<unsigned>(blocks), kAttnThreads, 0, stream>>>(p,
-                                                                                       rowsum);
+  launch_kernel(attention_rowsum_kernel<T>, static_cast<unsigned>(blocks), kAttnThreads, 0, stream,
+                p, rowsum);
   return launch_status(stream);
 }
 
@@ -631,8 +633,7 @@ int launch_attention_forward(const AttentionParams& p, const AttentionLaunch& l,
 
 template <typename T>
 int launch_attention_backward(const AttentionParams& p, const AttentionLaunch& q_launch,
-                              const AttentionLaunch& k_launch, float* rowsum,
-                              cudaStream_t stream) {
+                              const AttentionLaunch& k_launch, float* rowsum, cudaStream_t stream) {
   return SPEMBED_HEAD_DIM_SWITCH(p.head_dim, kMaxD, [&] {
     return launch_attention_backward_kernels<T, kMaxD>(p, q_launch, k_launch, rowsum, stream);
   });

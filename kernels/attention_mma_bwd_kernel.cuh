@@ -105,6 +105,7 @@
 
 #include "kernels/attention_kernel.cuh"
 #include "kernels/attention_mma_kernel.cuh"
+#include "kernels/kernel_launch.cuh"
 
 namespace spembed::detail {
 
@@ -190,8 +191,7 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
   constexpr int kDTiles = kD / 8;  // n-tiles of dQ (8 dims each)
   static_assert(kD % 16 == 0 && kN % 16 == 0, "whole mma tiles");
 
-  extern __shared__ __align__(16) unsigned char attention_mma_bwd_smem[];
-  T* const smem = reinterpret_cast<T*>(attention_mma_bwd_smem);
+  T* const smem = dynamic_shared_memory<T>();
   T* const qs = smem + S::kQ;
   T* const dos = smem + S::kDo;
 
@@ -320,11 +320,11 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
   constexpr int kDTiles = kD / 8;  // n-tiles of dK, dV
   static_assert(kD % 16 == 0 && kM % 16 == 0, "whole mma tiles");
 
-  extern __shared__ __align__(16) unsigned char attention_mma_bwd_smem[];
-  T* const smem = reinterpret_cast<T*>(attention_mma_bwd_smem);
+  T* const smem = dynamic_shared_memory<T>();
   T* const ks = smem + S::kK;
   T* const vs = smem + S::kV;
-  float* const lse2s = reinterpret_cast<float*>(attention_mma_bwd_smem + S::kStatsOffset);
+  float* const lse2s =
+      reinterpret_cast<float*>(dynamic_shared_memory<unsigned char>() + S::kStatsOffset);
   float* const dsums = lse2s + 2 * kM;
 
   if (attention_checks_failed(l)) return;
@@ -358,8 +358,7 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
     const int n_iters = n_q_tiles * group;  // (query head, query tile), heads outer
     const int wn = nk - w0 < 0 ? 0 : (nk - w0 > kMmaWarpRows ? kMmaWarpRows : nk - w0);
     const int wj0 = j0 + w0;
-    const Range wq64 =
-        wn > 0 ? visible_queries(p.band, lq, lk, wj0, wj0 + wn) : Range{0, 0};
+    const Range wq64 = wn > 0 ? visible_queries(p.band, lq, lk, wj0, wj0 + wn) : Range{0, 0};
     const int wqbegin = static_cast<int>(wq64.begin), wqend = static_cast<int>(wq64.end);
 
     // Query tile n: head kh * group + n / n_q_tiles, first query it, nq rows;
@@ -371,9 +370,9 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
       const int it = qbegin + (n % n_q_tiles) * kM;
       const int nq = min(kM, qend - it);
       load_rows_async<T, kD, kM, kThreads, kLd>(smem + S::kQ + buf * S::kQTile, p.q, q0 + it, nq,
-                                                 hq, d);
+                                                hq, d);
       load_rows_async<T, kD, kM, kThreads, kLd>(smem + S::kDo + buf * S::kQTile, p.dout, q0 + it,
-                                                 nq, hq, d);
+                                                nq, hq, d);
       const int r = static_cast<int>(threadIdx.x);
       if (r < kM) {
         float l2 = INFINITY, dsum = 0.f;
@@ -485,8 +484,7 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
 // ---- launch ----------------------------------------------------------------------
 
 template <typename T, int kD>
-int launch_attention_mma_backward_kernels(const AttentionParams& p,
-                                          const AttentionLaunch& q_launch,
+int launch_attention_mma_backward_kernels(const AttentionParams& p, const AttentionLaunch& q_launch,
                                           const AttentionLaunch& k_launch, float* rowsum,
                                           cudaStream_t stream) {
   // launch_tile_kernel runs kAttnThreads-thread blocks.

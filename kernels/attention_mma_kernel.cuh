@@ -88,6 +88,8 @@
 #include <type_traits>
 
 #include "kernels/attention_kernel.cuh"
+#include "kernels/kernel_launch.cuh"
+#include "kernels/ptx.cuh"
 
 namespace spembed::detail {
 
@@ -106,30 +108,19 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 // 16 bytes global -> shared; with fill = false nothing is read and the 16
 // bytes become zero (src-size 0).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool fill) {
-  const int src_bytes = fill ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(__cvta_generic_to_global(src)), "r"(src_bytes)
-               : "memory");
+  ptx::cp_async_cg_shared_global_16(dst, src, fill ? 16 : 0);
 }
 
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
+__device__ __forceinline__ void cp_async_commit() { ptx::cp_async_commit_group(); }
 
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
+__device__ __forceinline__ void cp_async_wait_all() { ptx::cp_async_wait_group<0>(); }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+  ptx::ldmatrix_sync_aligned_m8n8_x4_shared_b16(r, address);
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+  ptx::ldmatrix_sync_aligned_m8n8_x4_trans_shared_b16(r, address);
 }
 
 // c += A B for one m16n8k16 tile (layouts at the top of the file).
@@ -137,16 +128,10 @@ template <typename T>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                           uint32_t b1) {
   if constexpr (std::is_same_v<T, __half>) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    ptx::mma_sync_aligned_m16n8k16_row_col_f32_f16_f16_f32(c, a, b0, b1);
   } else {
     static_assert(std::is_same_v<T, __nv_bfloat16>, "fp16 or bf16");
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    ptx::mma_sync_aligned_m16n8k16_row_col_f32_bf16_bf16_f32(c, a, b0, b1);
   }
 }
 
@@ -329,8 +314,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr int kOTiles = kD / 8;    // n-tiles of O (8 dims each)
   static_assert(kD % 16 == 0 && kN % 16 == 0, "whole mma tiles");
 
-  extern __shared__ __align__(16) unsigned char attention_mma_smem[];
-  T* const smem = reinterpret_cast<T*>(attention_mma_smem);
+  T* const smem = dynamic_shared_memory<T>();
   T* const qs = smem + S::kQ;
 
   if (attention_checks_failed(l)) return;
@@ -503,7 +487,7 @@ int launch_attention_mma_forward_kernel(const AttentionParams& p, const Attentio
   auto kernel = attention_mma_forward_kernel<T, kD, kWarps>;
   if (const int error = set_smem(kernel, S::kBytes)) return error;
   const dim3 grid(static_cast<unsigned>(l.grid_tiles), static_cast<unsigned>(p.heads));
-  kernel<<<grid, kWarps * 32, S::kBytes, stream>>>(p, l);
+  launch_kernel(kernel, grid, kWarps * 32, S::kBytes, stream, p, l);
   return launch_status(stream);
 }
 

@@ -19,6 +19,7 @@
 
 #include "kernels/embedding_bag_backward.h"
 #include "kernels/embedding_bag_backward_launch.cuh"
+#include "kernels/kernel_launch.cuh"
 #include "kernels/static_switch.cuh"
 
 namespace spembed::detail {
@@ -111,7 +112,7 @@ int upload_tables(const EmbeddingBagBackwardParams& p, BackwardTableMeta* dst,
     upload.count = static_cast<int>(std::min<int64_t>(kTablesPerUpload, p.num_tables - first));
     for (int i = 0; i < upload.count; ++i) upload.tables[i] = p.tables[first + i];
     upload.dst = dst + first;
-    upload_tables_kernel<<<1, kTablesPerUpload, 0, stream>>>(upload);
+    launch_kernel(upload_tables_kernel, 1, kTablesPerUpload, 0, stream, upload);
     if (const int error = launch_status(stream)) return error;
   }
   return 0;

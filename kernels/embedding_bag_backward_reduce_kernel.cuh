@@ -43,6 +43,7 @@
 #include <type_traits>
 
 #include "kernels/embedding_bag_backward_launch.cuh"
+#include "kernels/kernel_launch.cuh"
 #include "kernels/optimizer_math.h"
 #include "kernels/row_io.cuh"
 #include "kernels/static_switch.cuh"
@@ -741,7 +742,7 @@ int launch_backward_bag_kernel(const EmbeddingBagBackwardParams& p, const Backwa
     auto kernel = backward::bag_kernel<TableT, GradT>;
     uint32_t grid = 0;
     if (const int e = backward::resident_grid(kernel, num_bags, plan.lanes, &grid)) return e;
-    kernel<<<grid, kBackwardBlockThreads, 0, stream>>>(p, plan);
+    launch_kernel(kernel, grid, kBackwardBlockThreads, 0, stream, p, plan);
     return launch_status(stream);
   });
 }
@@ -755,7 +756,7 @@ int launch_backward_reduce(const EmbeddingBagBackwardParams& p, const BackwardWo
       auto kernel = backward::reduce_kernel<TableT, GradT, kMax>;
       uint32_t grid = 0;
       if (const int e = backward::resident_grid(kernel, p.nnz, plan.lanes, &grid)) return e;
-      kernel<<<grid, kBackwardBlockThreads, 0, stream>>>(p, ws, plan);
+      launch_kernel(kernel, grid, kBackwardBlockThreads, 0, stream, p, ws, plan);
       return launch_status(stream);
     });
   });
@@ -765,7 +766,7 @@ int launch_backward_reduce(const EmbeddingBagBackwardParams& p, const BackwardWo
   if (const int e = backward::resident_grid(kernel, max_partial_rows(p.nnz), plan.lanes, &grid)) {
     return e;
   }
-  kernel<<<grid, kBackwardBlockThreads, 0, stream>>>(p, ws, plan);
+  launch_kernel(kernel, grid, kBackwardBlockThreads, 0, stream, p, ws, plan);
   return launch_status(stream);
 }
 

@@ -29,6 +29,7 @@
 #include <cub/device/device_scan.cuh>
 
 #include "kernels/embedding_bag_backward_launch.cuh"
+#include "kernels/kernel_launch.cuh"
 #include "kernels/row_io.cuh"
 #include "kernels/static_switch.cuh"
 
@@ -355,8 +356,8 @@ cudaError_t cub_steps(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws
     const auto grid = static_cast<unsigned>(
         std::min(std::max<int64_t>(ceil_div(num_bags, groups_per_block), 1), kMaxIndexGrid));
     const int status = SPEMBED_INDEX_SWITCH(p.index_type, IdxT, [&] {
-      prepare_kernel<IdxT, PosT><<<grid, kBackwardBlockThreads, 0, stream>>>(
-          p, ws, prepare_plan->lanes, prepare_plan->read_record, prepare_plan->count_bad);
+      launch_kernel(prepare_kernel<IdxT, PosT>, grid, kBackwardBlockThreads, 0, stream, p, ws,
+                    prepare_plan->lanes, prepare_plan->read_record, prepare_plan->count_bad);
       return launch_status(stream);
     });
     if (status != 0) return static_cast<cudaError_t>(status);
@@ -373,7 +374,7 @@ cudaError_t cub_steps(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws
   if (p.pooling == SPEMBED_POOLING_MAX) {
     const int from = ws.sorted;
     if (!query) {
-      max_flags_kernel<PosT><<<index_grid, kIndexBlockThreads, 0, stream>>>(p, ws);
+      launch_kernel(max_flags_kernel<PosT>, index_grid, kIndexBlockThreads, 0, stream, p, ws);
       if ((e = launched()) != cudaSuccess) return e;
       // Entries past the carrying ones get the all-ones key: a second
       // sentinel, after every real row.
@@ -387,7 +388,8 @@ cudaError_t cub_steps(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws
     });
     if (e != cudaSuccess) return e;
     if (!query) {
-      max_compact_kernel<PosT><<<index_grid, kIndexBlockThreads, 0, stream>>>(p, ws, from);
+      launch_kernel(max_compact_kernel<PosT>, index_grid, kIndexBlockThreads, 0, stream, p, ws,
+                    from);
       if ((e = launched()) != cudaSuccess) return e;
     }
     ws.sorted = 1 - from;
@@ -396,7 +398,7 @@ cudaError_t cub_steps(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws
   // Runs: the head flags, scanned in place into run indices (MAX's flags
   // are no longer needed), then the runs kernel.
   if (!query) {
-    heads_kernel<PosT><<<index_grid, kIndexBlockThreads, 0, stream>>>(p, ws);
+    launch_kernel(heads_kernel<PosT>, index_grid, kIndexBlockThreads, 0, stream, p, ws);
     if ((e = launched()) != cudaSuccess) return e;
   }
   e = step([&](size_t& b) {
@@ -405,9 +407,9 @@ cudaError_t cub_steps(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws
   });
   if (e != cudaSuccess) return e;
   if (!query) {
-    runs_kernel<PosT><<<index_grid, kIndexBlockThreads, 0, stream>>>(p, ws);
+    launch_kernel(runs_kernel<PosT>, index_grid, kIndexBlockThreads, 0, stream, p, ws);
     if ((e = launched()) != cudaSuccess) return e;
-    run_chunks_kernel<PosT><<<index_grid, kIndexBlockThreads, 0, stream>>>(p, ws);
+    launch_kernel(run_chunks_kernel<PosT>, index_grid, kIndexBlockThreads, 0, stream, p, ws);
     if ((e = launched()) != cudaSuccess) return e;
   }
   // Work items, scanned in place over nnz + 1 runs: entry U is the total.
@@ -422,7 +424,7 @@ cudaError_t cub_steps(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws
     *temp_bytes = needed;
     return cudaSuccess;
   }
-  expand_kernel<PosT><<<index_grid, kIndexBlockThreads, 0, stream>>>(p, ws);
+  launch_kernel(expand_kernel<PosT>, index_grid, kIndexBlockThreads, 0, stream, p, ws);
   return launched();
 }
 
@@ -452,7 +454,7 @@ int launch_backward_batched_id_checks(const EmbeddingBagBackwardParams& p, cudaS
                kMaxIndexGrid);
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
   return SPEMBED_INDEX_SWITCH(p.index_type, IdxT, [&] {
-    batched_id_check_kernel<IdxT><<<grid, kIndexBlockThreads, 0, stream>>>(p);
+    launch_kernel(batched_id_check_kernel<IdxT>, grid, kIndexBlockThreads, 0, stream, p);
     return launch_status(stream);
   });
 }

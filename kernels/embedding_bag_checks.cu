@@ -22,6 +22,7 @@
 
 #include "kernels/embedding_bag_forward_launch.cuh"
 #include "kernels/embedding_bag_params.h"
+#include "kernels/kernel_launch.cuh"
 #include "kernels/row_io.cuh"
 #include "kernels/static_switch.cuh"
 
@@ -141,7 +142,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 int launch_reset_check_record(const EmbeddingBagForwardParams& p, cudaStream_t stream) {
-  reset_record_kernel<<<1, 1, 0, stream>>>(static_cast<DataCheckRecord*>(p.workspace));
+  launch_kernel(reset_record_kernel, 1, 1, 0, stream, static_cast<DataCheckRecord*>(p.workspace));
   return launch_status(stream);
 }
 
@@ -155,16 +156,18 @@ int launch_data_checks(const EmbeddingBagForwardParams& p, bool check_ids, cudaS
       std::min(std::max(ceil_div(per_block_row, kCheckBlockThreads), int64_t{1}), kMaxGridX);
   const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
   return SPEMBED_INDEX_SWITCH(p.index_type, IdxT, [&] {
-    data_check_kernel<IdxT><<<grid, kCheckBlockThreads, 0, stream>>>(p, num_bags, check_ids);
+    launch_kernel(data_check_kernel<IdxT>, grid, kCheckBlockThreads, 0, stream, p, num_bags,
+                  check_ids);
     return launch_status(stream);
   });
 }
 
 int launch_write_report(const EmbeddingBagForwardParams& p, cudaStream_t stream) {
   return SPEMBED_INDEX_SWITCH(p.index_type, IdxT, [&] {
-    write_report_kernel<IdxT><<<1, 1, 0, stream>>>(
-        static_cast<const DataCheckRecord*>(p.workspace), static_cast<const IdxT*>(p.indices),
-        p.bounds_policy == SPEMBED_BOUNDS_ERROR, p.report);
+    launch_kernel(write_report_kernel<IdxT>, 1, 1, 0, stream,
+                  static_cast<const DataCheckRecord*>(p.workspace),
+                  static_cast<const IdxT*>(p.indices), p.bounds_policy == SPEMBED_BOUNDS_ERROR,
+                  p.report);
     return launch_status(stream);
   });
 }

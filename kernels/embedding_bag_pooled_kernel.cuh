@@ -32,6 +32,7 @@
 
 #include "kernels/embedding_bag_forward_launch.cuh"
 #include "kernels/embedding_bag_params.h"
+#include "kernels/kernel_launch.cuh"
 #include "kernels/row_io.cuh"
 #include "kernels/static_switch.cuh"
 
@@ -295,8 +296,8 @@ int launch_embedding_bag_pooled(const EmbeddingBagForwardParams& p, const Forwar
             if constexpr (!is_planned_shape(kKind, kElems, kLanes, kV)) {
               return static_cast<int>(cudaErrorInvalidConfiguration);
             } else {
-              embedding_bag_pooled_kernel<TableT, IdxT, kKind, kVec16, kLanes, kV>
-                  <<<plan.grid, kForwardBlockThreads, 0, stream>>>(p, plan);
+              launch_kernel(embedding_bag_pooled_kernel<TableT, IdxT, kKind, kVec16, kLanes, kV>,
+                            plan.grid, kForwardBlockThreads, 0, stream, p, plan);
               return launch_status(stream);
             }
           });

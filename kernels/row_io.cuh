@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "kernels/embedding_bag_params.h"
+#include "kernels/ptx.cuh"
 
 namespace spembed::detail {
 
@@ -21,43 +22,19 @@ namespace spembed::detail {
 // worth more. When it covers less than a sector (one lane per row, or
 // element-wise loads), the lane's next load reads the rest of the sector:
 // kKeepInL1 = true lets L1 serve it instead of a second L2 request.
-// `volatile` keeps each load where the kernel puts it: under its predicate,
-// and in the batch issued before the first accumulation.
 template <bool kKeepInL1>
 __device__ __forceinline__ uint4 load_row_v4(const void* p) {
-  uint4 r;
-  if constexpr (kKeepInL1) {
-    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-  } else {
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-  }
-  return r;
+  return kKeepInL1 ? ptx::ld_global_nc_v4_u32(p) : ptx::ld_global_nc_no_allocate_v4_u32(p);
 }
 
 template <bool kKeepInL1>
 __device__ __forceinline__ uint32_t load_row_b32(const void* p) {
-  uint32_t r;
-  if constexpr (kKeepInL1) {
-    asm volatile("ld.global.nc.b32 %0, [%1];" : "=r"(r) : "l"(p));
-  } else {
-    asm volatile("ld.global.nc.L1::no_allocate.b32 %0, [%1];" : "=r"(r) : "l"(p));
-  }
-  return r;
+  return kKeepInL1 ? ptx::ld_global_nc_b32(p) : ptx::ld_global_nc_no_allocate_b32(p);
 }
 
 template <bool kKeepInL1>
 __device__ __forceinline__ uint16_t load_row_b16(const void* p) {
-  uint16_t r;
-  if constexpr (kKeepInL1) {
-    asm volatile("ld.global.nc.b16 %0, [%1];" : "=h"(r) : "l"(p));
-  } else {
-    asm volatile("ld.global.nc.L1::no_allocate.b16 %0, [%1];" : "=h"(r) : "l"(p));
-  }
-  return r;
+  return kKeepInL1 ? ptx::ld_global_nc_b16(p) : ptx::ld_global_nc_no_allocate_b16(p);
 }
 
 // Read-only cached load of an index, offset or weight.

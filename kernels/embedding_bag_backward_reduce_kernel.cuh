@@ -353,7 +353,13 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
       }
     }
     squares = group_sum(grp, squares);
-    row_state = opt_rowwise_state(t.state1[(key - t.row_base) * t.state1_stride], squares, t.dim);
+    // Lane 0 of the group reads the row's state and, at the end, writes it:
+    // the other lanes get it by shuffle, so no lane reads the state while
+    // lane 0 may already be storing the new one.
+    float old_state = 0.0f;
+    if (grp.j == 0) old_state = t.state1[(key - t.row_base) * t.state1_stride];
+    old_state = __shfl_sync(grp.mask, old_state, 0, grp.lanes);
+    row_state = opt_rowwise_state(old_state, squares, t.dim);
   }
   for (int blk = 0; blk < num_blocks; ++blk) {
     if (!rowwise || num_blocks > 1) sum_block(blk, g);

@@ -50,6 +50,8 @@ struct Runtime {
   std::recursive_mutex mutex;
   std::map<const char*, size_t> allocations;  // base -> bytes
   std::unordered_map<const void*, int> max_dynamic_smem;
+  std::unordered_map<const void*, long long> launches_by_kernel;
+  std::unordered_map<const void*, std::string> kernel_names;
   cudaError_t sticky = cudaSuccess;
   std::string last_fault;
   long long launches = 0;
@@ -145,6 +147,7 @@ void launch(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem_bytes
     Runtime& r = rt();
     std::lock_guard<std::recursive_mutex> lock(r.mutex);
     ++r.launches;
+    ++r.launches_by_kernel[kernel];
     if (!fault.empty()) {
       std::fprintf(stderr, "spembed emulator: kernel fault: %s\n", fault.c_str());
       ++r.faults;
@@ -164,6 +167,18 @@ std::string last_fault() {
   return rt().last_fault;
 }
 long long launches_run() { return rt().launches; }
+
+long long launches_of(const std::string& name_part) {
+  Runtime& r = rt();
+  std::lock_guard<std::recursive_mutex> lock(r.mutex);
+  long long n = 0;
+  for (const auto& [kernel, count] : r.launches_by_kernel) {
+    auto it = r.kernel_names.find(kernel);
+    if (it == r.kernel_names.end()) it = r.kernel_names.emplace(kernel, describe_code(kernel)).first;
+    if (it->second.find(name_part) != std::string::npos) n += count;
+  }
+  return n;
+}
 long long faults_found() { return rt().faults; }
 
 }  // namespace spembed::emu

@@ -33,6 +33,9 @@ std::string last_fault();
 // Counts of kernel launches run and of faults found, since the process began.
 long long launches_run();
 long long faults_found();
+// Launches run so far of the kernels whose (demangled) name contains
+// `name_part`: lets a test check which kernel a dispatch really chose.
+long long launches_of(const std::string& name_part);
 
 // The byte every fresh device allocation and every block's dynamic shared
 // memory is filled with: as fp32 / fp16 / bf16 it is a NaN, as an index it is

@@ -103,6 +103,20 @@ struct RefCase {
   AttentionCase c;
 };
 
+// What GoogleTest prints for GetParam() (instead of a byte dump).
+void PrintTo(const RefCase& r, std::ostream* os) {
+  const AttentionCase& c = r.c;
+  const auto lens = [&](const std::vector<int64_t>& v) {
+    std::string s;
+    for (int64_t x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    return "{" + s + "}";
+  };
+  *os << r.name << ": dtype=" << dtype_name(c.dtype) << " heads=" << c.heads << "/" << c.kv_heads
+      << " d=" << c.head_dim << " lens_q=" << lens(c.lens_q) << " lens_k=" << lens(c.lens_k)
+      << " causal=" << (c.causal ? "yes" : "no") << " window=" << c.window_left << ","
+      << c.window_right << " scale=" << c.scale << " seed=" << c.seed;
+}
+
 AttentionCase make_case(DLDataType t, int heads, int kv_heads, int d, std::vector<int64_t> lq,
                         std::vector<int64_t> lk, bool causal, int64_t wl = -1, int64_t wr = -1,
                         float scale = 0.f) {

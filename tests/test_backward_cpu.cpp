@@ -217,6 +217,14 @@ std::string oracle_name(const ::testing::TestParamInfo<OracleCase>& info) {
          (c.data == DataKind::kInt ? "_int" : "_real") + (c.skip ? "_skip" : "");
 }
 
+// What GoogleTest prints for GetParam() (instead of a byte dump).
+void PrintTo(const OracleCase& c, std::ostream* os) {
+  *os << "pooling=" << pooling_name(c.pooling) << " weighted=" << (c.weighted ? "yes" : "no")
+      << " idx=" << dtype_name(c.index_dtype) << " grad_out=" << dtype_name(c.grad_dtype)
+      << " data=" << (c.data == DataKind::kInt ? "int" : "real")
+      << " bounds=" << (c.skip ? "SKIP" : "ERROR");
+}
+
 class BackwardOracle : public BackwardCpu, public ::testing::WithParamInterface<OracleCase> {};
 
 // Bag lengths with empty bags, single ids and a bag longer than two chunks.
@@ -499,6 +507,13 @@ std::string optimizer_case_name(const ::testing::TestParamInfo<OptimizerCase>& i
   const OptimizerCase& c = info.param;
   return optimizer_name(c.optimizer) + "_" + dtype_name(c.table_dtype) +
          (c.weight_decay > 0 ? "_wd" : "") + (c.stochastic ? "_sr" : "");
+}
+
+// What GoogleTest prints for GetParam() (instead of a byte dump).
+void PrintTo(const OptimizerCase& c, std::ostream* os) {
+  *os << "optimizer=" << optimizer_name(c.optimizer) << " table=" << dtype_name(c.table_dtype)
+      << " weight_decay=" << c.weight_decay
+      << " stochastic_rounding=" << (c.stochastic ? "yes" : "no");
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardOptimizer, ::testing::ValuesIn(optimizer_cases()),

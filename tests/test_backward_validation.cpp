@@ -75,6 +75,12 @@ struct BadCase {
   bool report_written = false;  // the data checks write the report on failure
 };
 
+// What GoogleTest prints for GetParam() (instead of a byte dump).
+void PrintTo(const BadCase& c, std::ostream* os) {
+  *os << c.name << ": expects " << spembed_status_string(c.status) << " naming "
+      << ::testing::PrintToString(c.mentions) << (c.report_written ? ", report written" : "");
+}
+
 std::vector<BadCase> bad_cases() {
   return {
       {"NullTable",

@@ -137,6 +137,12 @@ std::string hand_name(const ::testing::TestParamInfo<HandParam>& info) {
          dtype_name(info.param.index);
 }
 
+// What GoogleTest prints for GetParam() (instead of a byte dump).
+void PrintTo(const HandParam& p, std::ostream* os) {
+  *os << "table=" << dtype_name(p.table) << " out=" << dtype_name(p.out)
+      << " idx=" << dtype_name(p.index);
+}
+
 // The table every hand-computed case uses (values exact in every float dtype):
 //   row 0: [ 1,  2,    3   ]
 //   row 1: [-1,  0.5,  4   ]
@@ -732,6 +738,15 @@ std::string random_name(const ::testing::TestParamInfo<RandomParam>& info) {
   return dtype_name(p.table) + "_to_" + dtype_name(p.out) + "_" + dtype_name(p.index) + "_" +
          pooling_name(p.pooling) + (p.weighted ? "Weighted" : "") + "_dim" + std::to_string(p.dim) +
          (p.data == DataKind::kInt ? "_int" : "_real") + (p.batched ? "_batched" : "");
+}
+
+// What GoogleTest prints for GetParam() (instead of a byte dump).
+void PrintTo(const RandomParam& p, std::ostream* os) {
+  *os << "table=" << dtype_name(p.table) << " out=" << dtype_name(p.out)
+      << " idx=" << dtype_name(p.index) << " pooling=" << pooling_name(p.pooling)
+      << " weighted=" << (p.weighted ? "yes" : "no") << " dim=" << p.dim
+      << " data=" << (p.data == DataKind::kInt ? "int" : "real")
+      << " batched=" << (p.batched ? "yes" : "no");
 }
 
 class RandomVsReference : public ::testing::TestWithParam<RandomParam> {};

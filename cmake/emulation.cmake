@@ -20,9 +20,6 @@ endif()
 add_compile_options(${SPEMBED_SANITIZER_FLAGS})
 add_link_options(${SPEMBED_SANITIZER_FLAGS})
 
-add_subdirectory(${CMAKE_CURRENT_LIST_DIR}/../tests/emulator
-                 ${CMAKE_CURRENT_BINARY_DIR}/tests/emulator)
-
 # Turns the .cu sources of `target` into emulated C++: compiled with -x c++,
 # the emulator's device layer included first, the emulator's CUB ahead of the
 # toolkit's, and no contraction of a*b+c (the _rn intrinsics promise two
@@ -40,3 +37,7 @@ function(spembed_emulate_cuda_sources target)
   target_include_directories(${target} BEFORE PRIVATE
     ${CMAKE_SOURCE_DIR}/tests/emulator/include)
 endfunction()
+
+# After the function: the emulator's own tests use it.
+add_subdirectory(${CMAKE_CURRENT_LIST_DIR}/../tests/emulator
+                 ${CMAKE_CURRENT_BINARY_DIR}/tests/emulator)

@@ -2,8 +2,10 @@
 # The test command: builds spembed for sm_80 and sm_90, checks the kernels'
 # resource usage, runs every test (GPU tests skip without a GPU unless
 # SPEMBED_REQUIRE_GPU=1), builds and runs a consumer of the installed package,
-# then installs torch (pinned) and runs the Python package's pytest suite
-# against that installed library (scripts/test_python.sh).
+# installs torch (pinned) and runs the Python package's pytest suite against
+# that installed library (scripts/test_python.sh), then runs the GPU suites on
+# the CPU emulator under ASan + UBSan and under TSan
+# (scripts/test_emulated.sh; SPEMBED_SKIP_EMULATION=1 leaves them out).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$SPEMBED_ROOT/scripts/setup_deps.sh"
@@ -21,3 +23,6 @@ cmake --build "$BUILD_DIR/consumer" -j "$JOBS" >/dev/null
 
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS"
 bash "$SPEMBED_ROOT/scripts/test_python.sh"
+if [ "${SPEMBED_SKIP_EMULATION:-0}" != 1 ]; then
+  bash "$SPEMBED_ROOT/scripts/test_emulated.sh"
+fi

@@ -46,6 +46,11 @@ bool cuda_usable(std::string* why) {
   return p.usable;
 }
 
+bool small_shapes() {
+  const char* v = std::getenv("SPEMBED_TEST_SHAPES");
+  return v != nullptr && std::strcmp(v, "small") == 0;
+}
+
 bool gpu_required() {
   const char* v = std::getenv("SPEMBED_REQUIRE_GPU");
   return v != nullptr && std::strcmp(v, "1") == 0;

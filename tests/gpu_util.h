@@ -17,6 +17,10 @@ namespace spembed_test {
 bool cuda_usable(std::string* why);
 // SPEMBED_REQUIRE_GPU=1 in the environment.
 bool gpu_required();
+// SPEMBED_TEST_SHAPES=small in the environment: the suites keep every code
+// path but use fewer and smaller cases (the emulation build runs the GPU
+// suites on the CPU, under sanitizers, in CI).
+bool small_shapes();
 
 // Skips the current test when no device is usable, or fails it when
 // SPEMBED_REQUIRE_GPU=1. Use in a test body or in SetUp(). The skip message is

@@ -125,6 +125,17 @@ void Fiber::on_first_entry() {
 #endif
 }
 
+void Fiber::release_on_behalf(void* sync) {
+#if defined(SPEMBED_EMU_TSAN)
+  void* scheduler = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(tsan_fiber_, __tsan_switch_to_fiber_no_sync);
+  __tsan_release(sync);
+  __tsan_switch_to_fiber(scheduler, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)sync;
+#endif
+}
+
 void Fiber::switch_to_scheduler() {
 #if defined(SPEMBED_EMU_TSAN)
   __tsan_switch_to_fiber(tsan_scheduler_, __tsan_switch_to_fiber_no_sync);

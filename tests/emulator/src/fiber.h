@@ -34,6 +34,12 @@ class Fiber {
   // Called once by entry() when the fiber first runs (sanitizer bookkeeping).
   void on_first_entry();
 
+  // ThreadSanitizer: releases the sync object `sync` on behalf of this fiber,
+  // suspended, from the scheduler that resumes it (for a fiber abandoned
+  // mid-kernel, whose work the host must still see as done). A no-op in the
+  // other builds.
+  void release_on_behalf(void* sync);
+
  private:
   void* stack_ = nullptr;       // mapping, guard page included
   size_t mapped_bytes_ = 0;

@@ -16,6 +16,9 @@
 // alternate between two workers; a block is ordered after the previous block
 // of its worker (they share the worker's static __shared__ variables), not
 // after the block just before it, so races between neighbouring blocks show.
+// Nor is a thread ordered after a thread of its own block that ran to its end
+// before it started (a kernel with no barrier runs its threads one after
+// another): that order is the scheduler's, not CUDA's.
 // This file is compiled without ThreadSanitizer instrumentation: its own
 // bookkeeping is shared by the fibers on purpose.
 #include "scheduler.h"
@@ -126,12 +129,18 @@ struct Worker {
   unsigned current = 0;    // lane running
   std::vector<Lane> lanes = std::vector<Lane>(kMaxBlockThreads);
   std::vector<FiberSlot> slots = std::vector<FiberSlot>(kMaxBlockThreads);
-  char order_token = 0;  // sync object: this worker's blocks run in order
+  // Sync objects ordering this worker's blocks: the threads of its n-th block
+  // acquire order_token[n % 2] as they start and release
+  // order_token[(n + 1) % 2] as they end, so that the next block is ordered
+  // after them, but no thread of the same block is.
+  char order_token[2] = {0, 0};
+  uint64_t blocks_run = 0;
 };
 
 thread_local Worker* t_worker = nullptr;
 char g_launch_token = 0;  // host -> threads of a launch
 char g_grid_end_token = 0;  // threads of a launch -> host
+char g_fault_token = 0;  // the fiber that wrote a fault report -> host
 uint64_t g_block_serial = 0;
 
 size_t fiber_stack_bytes() {
@@ -143,12 +152,24 @@ size_t fiber_stack_bytes() {
   return bytes;
 }
 
-uint64_t seed() {
-  static const uint64_t value = [] {
-    const char* env = std::getenv("SPEMBED_EMULATION_SEED");
-    return env != nullptr ? std::strtoull(env, nullptr, 0) : 1ull;
+// The scheduling seed (SPEMBED_EMULATION_SEED, or set_seed) and the grids
+// run since it was set: with a block's linear index they pick its order. The
+// mutex guards both and lets one grid run at a time.
+struct Scheduling {
+  std::mutex mutex;
+  uint64_t seed = 1;
+  uint64_t grids = 0;
+};
+
+Scheduling& scheduling() {
+  static Scheduling* const state = [] {
+    auto* s = new Scheduling;  // never destroyed: grids may run from static destructors
+    if (const char* env = std::getenv("SPEMBED_EMULATION_SEED")) {
+      s->seed = std::strtoull(env, nullptr, 0);
+    }
+    return s;
   }();
-  return value;
+  return *state;
 }
 
 uint64_t splitmix64(uint64_t& state) {
@@ -203,14 +224,20 @@ void record_fault(const Lane& lane, const std::string& what) {
                    describe_code(b.launch->kernel).c_str(), i.block_idx.x, i.block_idx.y,
                    i.block_idx.z, i.thread_idx.x, i.thread_idx.y, i.thread_idx.z) +
             what;
+  // The report is built here, by the faulting fiber (allocations and copies
+  // that ThreadSanitizer intercepts), and read by the host after the block.
+  hb_release(&g_fault_token);
 }
 
 // Back to the scheduler until made runnable again.
 void suspend() { worker().slots[worker().current].fiber->switch_to_scheduler(); }
 
-[[noreturn]] void fault_and_stop(const Lane& lane, const std::string& what) {
-  record_fault(lane, what);
-  suspend();  // the scheduler abandons a faulted block: this never resumes
+// After record_fault, in a statement of its own: the scheduler abandons a
+// faulted block, and this never returns. The fiber's stack is dropped without
+// unwinding, so nothing owning memory (the report's strings) may be alive
+// here, or every fault would leak it (LeakSanitizer, in the ASan build).
+[[noreturn]] void stop() {
+  suspend();
   std::abort();
 }
 
@@ -256,11 +283,12 @@ void try_complete_barrier() {
     if (first == nullptr) {
       first = &l;
     } else if (!same_site(first->site, l.site)) {
-      fault_and_stop(l, format("divergent barrier: this thread waits at __syncthreads() at %s, "
-                               "thread (%u,%u,%u) at __syncthreads() at %s",
-                               site_text(l.site).c_str(), first->index.thread_idx.x,
-                               first->index.thread_idx.y, first->index.thread_idx.z,
-                               site_text(first->site).c_str()));
+      record_fault(l, format("divergent barrier: this thread waits at __syncthreads() at %s, "
+                             "thread (%u,%u,%u) at __syncthreads() at %s",
+                             site_text(l.site).c_str(), first->index.thread_idx.x,
+                             first->index.thread_idx.y, first->index.thread_idx.z,
+                             site_text(first->site).c_str()));
+      stop();
     }
     count += l.predicate != 0;
   }
@@ -338,11 +366,12 @@ void fiber_main(void* arg) {
   slot->fiber->on_first_entry();
   for (;;) {
     Worker& w = *slot->worker;
+    const uint64_t n = w.blocks_run;
     hb_acquire(&g_launch_token);
-    hb_acquire(&w.order_token);
+    hb_acquire(&w.order_token[n % 2]);
     w.block->launch->thread_body();
     hb_release(&g_grid_end_token);
-    hb_release(&w.order_token);
+    hb_release(&w.order_token[(n + 1) % 2]);
     thread_exited();
   }
 }
@@ -407,6 +436,11 @@ void run_block(Worker& w, Block& b) {
   b.live = b.threads;
   b.runnable.clear();
   for (unsigned i = 0; i < b.threads; ++i) b.runnable.push_back(i);
+  // Room for every open __syncwarp (a waiting thread is in one at most), so
+  // that no fiber reallocates the list: ThreadSanitizer intercepts the
+  // allocation and the copy, and would take one fiber's reallocation of
+  // another's list for a race.
+  b.open_syncwarps.reserve(b.threads);
 
   while (b.fault.empty() && !b.runnable.empty()) {
     const size_t pick = splitmix64(b.rng) % b.runnable.size();
@@ -420,13 +454,25 @@ void run_block(Worker& w, Block& b) {
   t_current_index = nullptr;
   if (b.fault.empty() && b.live > 0) diagnose_deadlock();
   if (!b.fault.empty()) {
-    // Fibers stopped mid-kernel cannot be resumed for another block.
+    // Fibers stopped mid-kernel cannot be resumed for another block. What
+    // they did is released to the host as an exited thread's is (they read
+    // the launch's arguments, on the host's stack).
     for (unsigned i = 0; i < b.threads; ++i) {
-      if (w.lanes[i].state != State::kExited) w.slots[i].fiber.reset();
+      if (w.lanes[i].state == State::kExited) continue;
+      w.slots[i].fiber->release_on_behalf(&g_grid_end_token);
+      w.slots[i].fiber.reset();
     }
-    for (const OpenSyncwarp& o : b.open_syncwarps) delete o.rendezvous;
-    delete b.barrier;
+    // Allocated by the fibers that arrived first, which released them.
+    for (const OpenSyncwarp& o : b.open_syncwarps) {
+      hb_acquire(o.rendezvous);
+      delete o.rendezvous;
+    }
+    if (b.barrier != nullptr) {
+      hb_acquire(b.barrier);
+      delete b.barrier;
+    }
   }
+  ++w.blocks_run;
   w.block = nullptr;
 }
 
@@ -503,10 +549,10 @@ std::string describe_code(const void* address) {
 }
 
 std::string run_grid(const GridLaunch& launch) {
-  static std::mutex one_grid_at_a_time;
-  std::lock_guard<std::mutex> guard(one_grid_at_a_time);
-  static uint64_t launch_count = 0;
-  ++launch_count;
+  Scheduling& sched = scheduling();
+  std::lock_guard<std::mutex> guard(sched.mutex);
+  const uint64_t launch_count = ++sched.grids;
+  const uint64_t seed = sched.seed;
   const dim3 g = launch.grid;
   const unsigned threads = launch.block.x * launch.block.y * launch.block.z;
   std::vector<void*> smem_buffers;
@@ -520,7 +566,7 @@ std::string run_grid(const GridLaunch& launch) {
         b.block_idx = make_uint3(x, y, z);
         b.threads = threads;
         b.serial = ++g_block_serial;
-        uint64_t s = seed() ^ (launch_count * 0x632be59bd9b4e019ull) ^ (linear * 0x8cb92ba72f3d8dd7ull);
+        uint64_t s = seed ^ (launch_count * 0x632be59bd9b4e019ull) ^ (linear * 0x8cb92ba72f3d8dd7ull);
         b.rng = splitmix64(s);
         if (launch.dynamic_smem_bytes > 0) {
           // Exactly the launch's bytes (AddressSanitizer catches the byte past
@@ -535,6 +581,7 @@ std::string run_grid(const GridLaunch& launch) {
         }
         hb_release(&g_launch_token);
         run_on_worker(get_worker(static_cast<int>(linear % kWorkers)), b);
+        hb_acquire(&g_fault_token);
         fault = b.fault;
       }
     }
@@ -542,6 +589,13 @@ std::string run_grid(const GridLaunch& launch) {
   hb_acquire(&g_grid_end_token);
   for (void* p : smem_buffers) std::free(p);
   return fault;
+}
+
+void set_seed(uint64_t seed) {
+  Scheduling& sched = scheduling();
+  std::lock_guard<std::mutex> guard(sched.mutex);
+  sched.seed = seed;
+  sched.grids = 0;
 }
 
 // ---- Device-side entry points (spembed_emulator/device.h) -------------------
@@ -554,8 +608,9 @@ uint32_t shared_window_offset(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
   const auto* base = static_cast<const unsigned char*>(b.smem);
   if (base == nullptr || c < base || c > base + b.smem_bytes) {
-    fault_and_stop(me(), format("__cvta_generic_to_shared(%p): not in the block's dynamic shared "
-                                "memory [%p, +%zu)", p, b.smem, b.smem_bytes));
+    record_fault(me(), format("__cvta_generic_to_shared(%p): not in the block's dynamic shared "
+                              "memory [%p, +%zu)", p, b.smem, b.smem_bytes));
+    stop();
   }
   return static_cast<uint32_t>(c - base);
 }
@@ -563,9 +618,10 @@ uint32_t shared_window_offset(const void* p) {
 void* shared_window_pointer(uint32_t offset, size_t bytes) {
   const Block& b = block();
   if (b.smem == nullptr || offset > b.smem_bytes || bytes > b.smem_bytes - offset) {
-    fault_and_stop(me(), format("shared memory access of %zu bytes at offset %u: outside the "
-                                "block's %zu bytes of dynamic shared memory",
-                                bytes, offset, b.smem_bytes));
+    record_fault(me(), format("shared memory access of %zu bytes at offset %u: outside the "
+                              "block's %zu bytes of dynamic shared memory",
+                              bytes, offset, b.smem_bytes));
+    stop();
   }
   return static_cast<unsigned char*>(b.smem) + offset;
 }
@@ -603,15 +659,17 @@ void warp_collective(Site site, int id, const char* name, unsigned mask, const v
   Block& b = block();
   if (in_bytes > kMaxCollectiveBytes || out_bytes > kMaxCollectiveBytes) std::abort();
   if (((mask >> self.lane) & 1u) == 0) {
-    fault_and_stop(self, format("%s at %s with mask 0x%08x, which does not include the calling "
-                                "lane %u", name, site_text(site).c_str(), mask, self.lane));
+    record_fault(self, format("%s at %s with mask 0x%08x, which does not include the calling "
+                              "lane %u", name, site_text(site).c_str(), mask, self.lane));
+    stop();
   }
   const unsigned base = self.warp * 32;
   for (unsigned l = 0; l < 32; ++l) {
     if (((mask >> l) & 1u) == 0) continue;
     if (l >= lanes_in_warp(b, self.warp) || worker().lanes[base + l].state == State::kExited) {
-      fault_and_stop(self, format("%s at %s with mask 0x%08x names lane %u, which has exited",
-                                  name, site_text(site).c_str(), mask, l));
+      record_fault(self, format("%s at %s with mask 0x%08x names lane %u, which has exited",
+                                name, site_text(site).c_str(), mask, l));
+      stop();
     }
   }
   copy_bytes(self.in, static_cast<const unsigned char*>(in), in_bytes);
@@ -714,8 +772,9 @@ uint64_t warp_shuffle(Site site, unsigned mask, uint64_t value, ShuffleMode mode
                                       "__shfl_xor_sync"};
   const int m = static_cast<int>(mode);
   if (width <= 0 || width > 32 || (width & (width - 1)) != 0) {
-    fault_and_stop(me(), format("%s at %s with width %d (must be a power of two up to 32)",
-                                names[m], site_text(site).c_str(), width));
+    record_fault(me(), format("%s at %s with width %d (must be a power of two up to 32)",
+                              names[m], site_text(site).c_str(), width));
+    stop();
   }
   const ShuffleIn in{value, lane_arg, width};
   uint64_t out = 0;
@@ -740,11 +799,14 @@ unsigned linear_thread_index() { return me().linear; }
 uint64_t block_serial() { return block().serial; }
 
 void device_fault(const char* fmt, ...) {
-  va_list args;
-  va_start(args, fmt);
-  const std::string what = format(fmt, args);
-  va_end(args);
-  fault_and_stop(me(), what);
+  {
+    va_list args;
+    va_start(args, fmt);
+    const std::string what = format(fmt, args);
+    va_end(args);
+    record_fault(me(), what);
+  }
+  stop();
 }
 
 }  // namespace spembed::emu

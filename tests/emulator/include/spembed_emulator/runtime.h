@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -36,6 +37,13 @@ long long faults_found();
 // Launches run so far of the kernels whose (demangled) name contains
 // `name_part`: lets a test check which kernel a dispatch really chose.
 long long launches_of(const std::string& name_part);
+
+// Sets the scheduling seed, as SPEMBED_EMULATION_SEED does at start-up: from
+// this call on, grids run their threads in the orders a fresh process started
+// with SPEMBED_EMULATION_SEED=seed would (the count of grids run restarts).
+// Thread-safe; waits for a grid in progress. Host code only: from a kernel it
+// deadlocks.
+void set_seed(uint64_t seed);
 
 // The byte every fresh device allocation and every block's dynamic shared
 // memory is filled with: as fp32 / fp16 / bf16 it is a NaN, as an index it is

@@ -21,7 +21,10 @@ inline void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block,
   ::spembed::emu::launch(reinterpret_cast<const void*>(kernel), grid, block, dynamic_smem_bytes,
                          stream, [kernel, args...] { kernel(args...); });
 #else
-  kernel<<<grid, block, dynamic_smem_bytes, stream> > >(args...);
+  // clang-format would split the chevrons into "> > >", which nvcc rejects.
+  // clang-format off
+  kernel<<<grid, block, dynamic_smem_bytes, stream>>>(args...);
+  // clang-format on
 #endif
 }
 

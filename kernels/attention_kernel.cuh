@@ -438,7 +438,9 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
         const int jj = sub + kTpr * r;
         const bool seen = row < nq && jj < nk && lse2 != -INFINITY &&
                           key_visible(p.band, sq.lq, sq.lk, i, kt + jj);
-        const float pr = seen ? exp2f(s[r] * scale_log2 - lse2) : 0.f;
+        // s * scale_log2 - lse2 with one rounding (written as fmaf: without
+        // it nvcc contracts and g++ does not, and the two differ).
+        const float pr = seen ? exp2f(fmaf(s[r], scale_log2, -lse2)) : 0.f;
         dss[row * S::kLdS + jj] = pr * (dp[r] - dsum);
       }
       __syncwarp();
@@ -540,7 +542,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1)
           const float lse2 = lse2s[ii];
           const bool seen = row < nk && ii < nq && lse2 != -INFINITY &&
                             key_visible(p.band, sq.lq, sq.lk, it + ii, j);
-          const float pr = seen ? exp2f(s[r] * scale_log2 - lse2) : 0.f;
+          const float pr = seen ? exp2f(fmaf(s[r], scale_log2, -lse2)) : 0.f;
           ps[ii * S::kLdP + row] = pr;
           dss[ii * S::kLdP + row] = pr * (dp[r] - dsums[ii]);
         }

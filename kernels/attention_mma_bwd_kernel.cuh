@@ -276,10 +276,12 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
       // S = Q K^T, then P in place.
       float s[kSTiles][4];
       mma_rows_by_rows<T, kD, kSTiles, kLd>(s, qs + a_lane, ks_tile + b_lane);
+      // s * scale_log2 - lse2 in one rounding (fmaf: nvcc would contract, g++
+      // does not; written out, both builds compute the same).
 #pragma unroll
       for (int j = 0; j < kSTiles; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] = exp2f(s[j][e] * scale_log2 - lse2[e / 2]);
+        for (int e = 0; e < 4; ++e) s[j][e] = exp2f(fmaf(s[j][e], scale_log2, -lse2[e / 2]));
       }
       mma_mask_key_band<kN>(s, p.band, wi0, wn, diag, kt, nk, g, t, 0.f);
 
@@ -429,8 +431,8 @@ __global__ void __launch_bounds__(kMmaBwdWarps * 32)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const float l2 = lse2_tile[8 * j + 2 * t + e];
-          s[j][e] = exp2f(s[j][e] * scale_log2 - l2);
-          s[j][2 + e] = exp2f(s[j][2 + e] * scale_log2 - l2);
+          s[j][e] = exp2f(fmaf(s[j][e], scale_log2, -l2));
+          s[j][2 + e] = exp2f(fmaf(s[j][2 + e], scale_log2, -l2));
         }
       }
       // Every (key of the warp, query of the tile) pair inside the band?

@@ -99,6 +99,17 @@ constexpr int kMmaMaxHeadDim = 128;  // largest head_dim bucket of the tensor-co
 constexpr int kMmaHeadDimAlign = 8;  // head_dim and strides: multiples of 16 bytes of fp16
 constexpr int attention_mma_rows(int warps) { return kMmaWarpRows * warps; }
 
+// Mutation checks of the emulation build (tests/emulator/CMakeLists.txt
+// compiles the tensor-core forward with each value and shows that the
+// attention suite then fails): 1 swaps the a1 / a2 fragment registers of the
+// C -> A reuse, 2 drops the barrier after cp.async.wait_group, 3 moves the
+// mask's diagonal one key later. Only those test targets set it; 0 (the
+// kernels as written) everywhere else.
+#if !defined(SPEMBED_FAULT_INJECTION)
+#define SPEMBED_FAULT_INJECTION 0
+#endif
+constexpr int kFaultInjection = SPEMBED_FAULT_INJECTION;
+
 // ---- PTX building blocks ------------------------------------------------------
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
@@ -172,10 +183,15 @@ __device__ __forceinline__ void mma_acc_by_rows_trans(float (&acc)[kD / 8][4],
                                                       const T* b_rows) {
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
-    const uint32_t a[4] = {pack_pair<T>(x[2 * kk][0], x[2 * kk][1]),
-                           pack_pair<T>(x[2 * kk][2], x[2 * kk][3]),
-                           pack_pair<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
-                           pack_pair<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+    uint32_t a[4] = {pack_pair<T>(x[2 * kk][0], x[2 * kk][1]),
+                     pack_pair<T>(x[2 * kk][2], x[2 * kk][3]),
+                     pack_pair<T>(x[2 * kk + 1][0], x[2 * kk + 1][1]),
+                     pack_pair<T>(x[2 * kk + 1][2], x[2 * kk + 1][3])};
+    if constexpr (kFaultInjection == 1) {  // mutation check: a1 <-> a2
+      const uint32_t a1 = a[1];
+      a[1] = a[2];
+      a[2] = a1;
+    }
 #pragma unroll
     for (int dp = 0; dp < kD / 16; ++dp) {
       uint32_t b[4];
@@ -209,6 +225,7 @@ template <int kN>
 __device__ __forceinline__ void mma_mask_key_band(float (&s)[kN / 8][4], const AttentionBand& band,
                                                   int64_t wi0, int wn, int64_t diag, int64_t kt,
                                                   int nk, int g, int t, float fill) {
+  if constexpr (kFaultInjection == 3) ++diag;  // mutation check: the diagonal one key later
   const bool whole =
       nk == kN && kt >= wi0 + wn - 1 + diag + band.lo && kt + kN - 1 <= wi0 + diag + band.hi;
   if (!whole) {
@@ -370,7 +387,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       cp_async_wait_all();
       // Tile n is in shared memory for every thread, and every warp is done
       // with tile n - 1, whose buffer the next load overwrites.
-      __syncthreads();
+      if constexpr (kFaultInjection != 2) __syncthreads();  // 2: mutation check
       if (n + 1 < n_key_tiles) {
         const int64_t kt1 = kt + kN;
         const int nk1 = static_cast<int>(min64(kN, keys.end - kt1));

@@ -53,6 +53,16 @@ AttentionResult compute(const AttentionData& d, const Rounder& r) {
   res.dk.assign(static_cast<size_t>(d.total_k * c.kv_heads * D), 0.0);
   res.dv.assign(res.dk.size(), 0.0);
   const double scale = d.scale();
+  // The inputs widened to double once ([token][head][col]): the same values
+  // d.at() reads, without its per-element dtype dispatch.
+  const std::vector<double> qv = read_all(d.q), kv = read_all(d.k), vv = read_all(d.v),
+                            dov = read_all(d.dout);
+  const auto q_at = [&](const std::vector<double>& t, int64_t token, int head, int col) {
+    return t[static_cast<size_t>((token * H + head) * D + col)];
+  };
+  const auto k_at = [&](const std::vector<double>& t, int64_t token, int head, int col) {
+    return t[static_cast<size_t>((token * c.kv_heads + head) * D + col)];
+  };
   int64_t q0 = 0, k0 = 0;
   for (int64_t b = 0; b < d.batch; ++b) {
     const int64_t lq = c.lens_q[static_cast<size_t>(b)], lk = c.lens_k[static_cast<size_t>(b)];
@@ -65,7 +75,7 @@ AttentionResult compute(const AttentionData& d, const Rounder& r) {
           if (!sees(c, lq, lk, i, j)) continue;
           double x = 0.0;
           for (int col = 0; col < D; ++col) {
-            x = r.acc(x + d.at(d.q, q0 + i, h, col) * d.at(d.k, k0 + j, kh, col));
+            x = r.acc(x + q_at(qv, q0 + i, h, col) * k_at(kv, k0 + j, kh, col));
           }
           s[static_cast<size_t>(j)] = r.acc(x * scale);
           m = std::max(m, s[static_cast<size_t>(j)]);
@@ -85,29 +95,48 @@ AttentionResult compute(const AttentionData& d, const Rounder& r) {
         for (int col = 0; col < D; ++col) {
           double x = 0.0;
           for (int64_t j = 0; j < lk; ++j) {
-            x = r.acc(x + p[static_cast<size_t>(j)] * d.at(d.v, k0 + j, kh, col));
+            x = r.acc(x + p[static_cast<size_t>(j)] * k_at(vv, k0 + j, kh, col));
           }
           o[static_cast<size_t>(col)] = x;
           res.out[ob + static_cast<size_t>(col)] = r(x);
         }
-        // Backward of this row: D = dO . O; dS = P (dO . v - D).
+        // The backward gets O and lse (float32), not P: a straightforward
+        // implementation recomputes P = exp(s - lse) from them, so in low
+        // precision P carries the rounding of s and of the saved lse.
+        if (!r.exact) {
+          const double saved_lse = res.lse[static_cast<size_t>(h * d.total_q + q0 + i)];
+          for (int64_t j = 0; j < lk; ++j) {
+            const double sj = s[static_cast<size_t>(j)];
+            p[static_cast<size_t>(j)] = sj == neg_inf ? 0.0 : r(r.acc(std::exp(sj - saved_lse)));
+          }
+        }
+        // Backward of this row: D = dO . O; dS = P (dO . v - D). D is its own
+        // reduction, summed here in reverse column order: in any
+        // implementation D and dP = dO . v are separate sums, and where a row
+        // sees one key (P = 1, O = v) their difference is rounding noise,
+        // not the exact zero that two identical sums would give.
         double rowsum = 0.0;
-        for (int col = 0; col < D; ++col) {
-          rowsum = r.acc(rowsum + d.at(d.dout, q0 + i, h, col) * res.out[ob + static_cast<size_t>(col)]);
+        for (int col = D - 1; col >= 0; --col) {
+          rowsum = r.acc(rowsum + q_at(dov, q0 + i, h, col) * res.out[ob + static_cast<size_t>(col)]);
         }
         for (int64_t j = 0; j < lk; ++j) {
           const double pj = p[static_cast<size_t>(j)];
           if (pj == 0.0) continue;
           double dp = 0.0;
           for (int col = 0; col < D; ++col) {
-            dp = r.acc(dp + d.at(d.dout, q0 + i, h, col) * d.at(d.v, k0 + j, kh, col));
+            dp = r.acc(dp + q_at(dov, q0 + i, h, col) * k_at(vv, k0 + j, kh, col));
           }
           const double ds = r(r.acc(pj * (dp - rowsum)));
           const size_t kb = static_cast<size_t>(((k0 + j) * c.kv_heads + kh) * D);
+          // Sums in float32 in the straightforward implementation, as every
+          // other sum here (exact in the float64 reference).
           for (int col = 0; col < D; ++col) {
-            res.dq[ob + static_cast<size_t>(col)] += ds * d.at(d.k, k0 + j, kh, col);
-            res.dk[kb + static_cast<size_t>(col)] += ds * d.at(d.q, q0 + i, h, col);
-            res.dv[kb + static_cast<size_t>(col)] += pj * d.at(d.dout, q0 + i, h, col);
+            double& gq = res.dq[ob + static_cast<size_t>(col)];
+            double& gk = res.dk[kb + static_cast<size_t>(col)];
+            double& gv = res.dv[kb + static_cast<size_t>(col)];
+            gq = r.acc(gq + ds * k_at(kv, k0 + j, kh, col));
+            gk = r.acc(gk + ds * q_at(qv, q0 + i, h, col));
+            gv = r.acc(gv + pj * q_at(dov, q0 + i, h, col));
           }
         }
       }

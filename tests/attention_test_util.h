@@ -61,9 +61,10 @@ struct AttentionResult {
 // Exact (float64) forward and backward with dO = d.dout.
 AttentionResult reference_attention(const AttentionData& d);
 // A straightforward implementation in the inputs' precision: scores, softmax
-// and sums in float32, with P (and dS) rounded to the input dtype before each
-// product with a matrix, as a padded GEMM + softmax + GEMM pipeline in that
-// dtype does; outputs rounded to the dtype.
+// and sums (gradients included) in float32, with P (and dS) rounded to the
+// input dtype before each product with a matrix, as a padded GEMM + softmax +
+// GEMM pipeline in that dtype does; the backward recomputes P from the saved
+// float32 lse (the API hands it O and lse); outputs rounded to the dtype.
 AttentionResult lowprec_attention(const AttentionData& d);
 
 // Largest |a - b| over matching entries, skipping entries where either is

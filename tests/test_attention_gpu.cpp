@@ -6,15 +6,28 @@
 // Also: lse of rows that see nothing is exactly -inf and O exactly 0, the
 // device-side offset checks (nothing written, report set), and the
 // backward's determinism over 20 runs.
+//
+// SPEMBED_TEST_SHAPES=small (the emulation build's CI runs, on the CPU under
+// sanitizers): fewer and shorter sequences and fewer heads, but every kernel
+// variant, head-dim bucket, dtype and mask kind, at the tile edges. Which
+// kernels the dispatch chose is checked from the emulator's launch counts
+// (spembed::emu::launches_of); on a GPU those assertions are skipped.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention_test_util.h"
 #include "gpu_util.h"
+
+#if defined(SPEMBED_EMULATION)
+#include "spembed_emulator/runtime.h"
+#endif
 
 namespace spembed_test {
 namespace {
@@ -33,6 +46,72 @@ struct Dev {
 
 struct GpuRun {
   HostTensor out, lse, dq, dk, dv, report;
+};
+
+// Whether kernel launches can be counted by name: in the emulation build. A
+// real GPU would need a profiler; there the dispatch assertions are skipped
+// (the results are still checked against the reference).
+#if defined(SPEMBED_EMULATION)
+constexpr bool kCountsLaunches = true;
+#else
+constexpr bool kCountsLaunches = false;
+#endif
+
+// Launches so far of the kernels whose demangled name contains `name`
+// ("attention_mma_forward_kernel<__half, 64, 4>"); 0 where not counted.
+long long kernel_launches(const std::string& name) {
+#if defined(SPEMBED_EMULATION)
+  return spembed::emu::launches_of(name);
+#else
+  (void)name;
+  return 0;
+#endif
+}
+
+// Launch counts of a few kernels around a piece of a test.
+class LaunchWatch {
+ public:
+  explicit LaunchWatch(std::vector<std::string> names) : names_(std::move(names)) {
+    for (const std::string& n : names_) before_.push_back(kernel_launches(n));
+  }
+  long long launched(size_t i) const { return kernel_launches(names_[i]) - before_[i]; }
+  // Every kernel of `ran` (indices) launched at least once, none of `not_ran`.
+  void expect(std::initializer_list<size_t> ran, std::initializer_list<size_t> not_ran) const {
+    if (!kCountsLaunches) return;
+    for (size_t i : ran) EXPECT_GT(launched(i), 0) << names_[i] << " did not run";
+    for (size_t i : not_ran) EXPECT_EQ(launched(i), 0) << names_[i] << " ran";
+  }
+
+ private:
+  std::vector<std::string> names_;
+  std::vector<long long> before_;
+};
+
+// The kernel families (name prefixes) the dispatch chooses between.
+const char* const kSimtForward = "attention_forward_kernel<";
+const char* const kSimtDq = "attention_dq_kernel<";
+const char* const kSimtDkv = "attention_dkv_kernel<";
+const char* const kMmaForward = "attention_mma_forward_kernel<";
+const char* const kMmaDq = "attention_mma_dq_kernel<";
+const char* const kMmaDkv = "attention_mma_dkv_kernel<";
+
+// Watches the six families; expect_path checks that a forward (and backward)
+// ran on the tensor cores or on the SIMT kernels only.
+struct PathWatch {
+  LaunchWatch w{{kSimtForward, kSimtDq, kSimtDkv, kMmaForward, kMmaDq, kMmaDkv}};
+  void expect_path(bool tensor_cores, bool backward) const {
+    if (tensor_cores) {
+      if (backward) {
+        w.expect({3, 4, 5}, {0, 1, 2});
+      } else {
+        w.expect({3}, {0, 1, 2, 4, 5});
+      }
+    } else if (backward) {
+      w.expect({0, 1, 2}, {3, 4, 5});
+    } else {
+      w.expect({0}, {1, 2, 3, 4, 5});
+    }
+  }
 };
 
 class AttentionGpu : public ::testing::Test {
@@ -141,8 +220,24 @@ std::string describe(const Shape& s, DLDataType t) {
 // The lengths {0, 1, 2, 97, 200, 500, 1025}, head dims {1, 25, 50, 64, 128,
 // 256} and heads {1, 2, 4, 8} with GQA, self and target (q != k lengths),
 // causal and not; long sequences with few heads so the float64 reference
-// stays affordable.
+// stays affordable. Small: the same head dims, masks and head groupings on
+// lengths up to 130.
 std::vector<Shape> shapes() {
+  if (small_shapes()) {
+    return {
+        {{0, 1, 2, 97}, {0, 1, 2, 97}, 1, 1, 1, false},
+        {{0, 1, 2, 33}, {0, 1, 2, 33}, 2, 1, 25, true},
+        {{33, 2, 0}, {70, 5, 3}, 4, 2, 50, true},
+        {{70, 1}, {70, 0}, 1, 1, 50, false},
+        {{16, 64, 1}, {130, 97, 33}, 4, 1, 64, false},
+        {{16, 33, 1}, {97, 65, 33}, 4, 4, 64, true},
+        {{97}, {97}, 2, 2, 128, true},
+        {{130}, {130}, 1, 1, 64, true, 32, -1},
+        {{33, 17}, {33, 20}, 2, 1, 256, false},
+        {{20, 2}, {17, 7}, 2, 2, 256, true},
+        {{65, 7}, {40, 7}, 2, 2, 100, false, 5, 3},
+    };
+  }
   return {
       {{0, 1, 2, 97}, {0, 1, 2, 97}, 1, 1, 1, false},
       {{0, 1, 2, 97}, {0, 1, 2, 97}, 2, 1, 25, true},
@@ -220,6 +315,31 @@ struct MmaShape {
 };
 
 std::vector<MmaShape> mma_shapes() {
+  if (small_shapes()) {
+    // Every length of the edges in one batch; 130 keys: three 64-key tiles
+    // (both cp.async buffers reused).
+    const std::vector<int64_t> edges{1, 15, 16, 17, 63, 64, 65, 130};
+    return {
+        {{edges, edges, 1, 1, 64, false}},
+        {{edges, edges, 2, 1, 32, true}},
+        {{edges, edges, 1, 1, 128, true}},
+        {{edges, edges, 1, 1, 64, false, 17, 3}},
+        {{edges, edges, 1, 1, 128, true, 40, -1}},
+        {{{130}, {130}, 1, 1, 64, false, 20, 20}},
+        {{edges, edges, 1, 1, 32, false, -1, 5}},
+        // Target attention, and more queries than keys (causal bottom-right
+        // hides the first rows; Lk = 0 rows see nothing).
+        {{{1, 15, 16, 17, 5, 3}, {130, 65, 64, 1, 0, 63}, 2, 1, 128, true}, 16},
+        {{{1, 15, 16, 17, 5, 3}, {130, 65, 64, 1, 0, 63}, 2, 1, 64, false}, 16},
+        {{{16, 1, 8}, {130, 64, 17}, 4, 2, 32, true}, 0},
+        // A hint below the real lengths: the 16-row blocks serve long sequences.
+        {{{70, 3, 65}, {70, 70, 65}, 2, 1, 64, true}, 4},
+        // Padded head-dim buckets: 8 -> 32, 40 -> 64, 120 -> 128.
+        {{{17, 64, 65}, {17, 64, 65}, 1, 1, 8, true}},
+        {{{17, 64, 33}, {63, 64, 33}, 1, 1, 40, false}},
+        {{{65, 16}, {65, 100}, 2, 1, 120, true, 30, -1}},
+    };
+  }
   const std::vector<int64_t> edges{1, 15, 16, 17, 63, 64, 65, 200};
   return {
       {{edges, edges, 2, 2, 64, false}},
@@ -241,6 +361,14 @@ std::vector<MmaShape> mma_shapes() {
       {{{17, 64, 200}, {63, 64, 200}, 2, 2, 40, false}},
       {{{65, 16}, {65, 100}, 2, 1, 120, true, 30, -1}},
   };
+}
+
+// The tensor-core dtypes a boundary shape runs in: both, or with small shapes
+// one, fp16 and bf16 in turn from shape to shape (both still run at every
+// edge; DispatchRunsEveryKernelVariant runs both at every bucket).
+std::vector<DLDataType> mma_dtypes(size_t shape_index) {
+  if (small_shapes()) return {shape_index % 2 == 0 ? kF16 : kBF16};
+  return {kF16, kBF16};
 }
 
 AttentionData make_mma_case(const Shape& s, DLDataType t, int64_t max_seqlen_q) {
@@ -265,11 +393,15 @@ HostTensor restride(const HostTensor& t, int heads, int head_dim, int64_t pad,
 }
 
 TEST_F(AttentionGpu, TensorCoreForwardBoundaries) {
-  for (DLDataType t : {kF16, kBF16}) {
-    for (const MmaShape& m : mma_shapes()) {
+  const std::vector<MmaShape> all = mma_shapes();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const MmaShape& m = all[i];
+    for (DLDataType t : mma_dtypes(i)) {
       SCOPED_TRACE(describe(m.s, t) + " max_seqlen_q " + std::to_string(m.max_seqlen_q));
       AttentionData d = make_mma_case(m.s, t, m.max_seqlen_q);
+      const PathWatch watch;
       expect_matches_reference(d, run(d, false), false);
+      watch.expect_path(true, false);
     }
   }
 }
@@ -288,7 +420,8 @@ void AttentionGpu::expect_strided_layouts_match(bool backward) {
                             {"offset by 16 bytes (tensor cores)", 0, 16},
                             {"padded by 4 (fallback)", 4, 0},
                             {"offset by 2 bytes (fallback)", 0, 2}};
-  const Shape s{{17, 64, 65}, {30, 64, 65}, 4, 2, 64, true};
+  const Shape s = small_shapes() ? Shape{{17, 64, 65}, {30, 64, 65}, 2, 1, 64, true}
+                                  : Shape{{17, 64, 65}, {30, 64, 65}, 4, 2, 64, true};
   for (DLDataType t : {kF16, kBF16}) {
     for (const Layout& layout : layouts) {
       SCOPED_TRACE(describe(s, t) + layout.name);
@@ -297,7 +430,9 @@ void AttentionGpu::expect_strided_layouts_match(bool backward) {
       d.k = restride(d.k, s.kv_heads, s.d, layout.pad, layout.byte_offset);
       d.v = restride(d.v, s.kv_heads, s.d, layout.pad, layout.byte_offset);
       if (backward) d.dout = restride(d.dout, s.heads, s.d, layout.pad, layout.byte_offset);
+      const PathWatch watch;
       expect_matches_reference(d, run(d, backward), backward);
+      watch.expect_path(layout.pad % 8 == 0 && layout.byte_offset % 16 == 0, backward);
     }
   }
 }
@@ -313,6 +448,31 @@ TEST_F(AttentionGpu, TensorCoreForwardStridesAndFallback) { expect_strided_layou
 // (dQ = 0) and Lq = 0 (dK = dV = 0), against the float64 reference with the
 // same bounds as the SIMT backward.
 std::vector<Shape> mma_backward_shapes() {
+  if (small_shapes()) {
+    const std::vector<int64_t> edges{1, 15, 16, 17, 63, 64, 65, 130};
+    const std::vector<int64_t> target_q{1, 15, 16, 17, 5, 3, 0, 65};
+    const std::vector<int64_t> target_k{130, 65, 64, 1, 0, 63, 40, 17};
+    return {
+        {edges, edges, 1, 1, 64, false},
+        {edges, edges, 2, 1, 32, true},
+        {edges, edges, 1, 1, 128, true},
+        {edges, edges, 2, 1, 128, false},
+        {edges, edges, 1, 1, 64, false, 17, 3},
+        {edges, edges, 1, 1, 128, true, 40, -1},
+        {edges, edges, 1, 1, 32, false, 0, 70},
+        // Target attention, and more queries than keys (causal bottom-right
+        // hides the first rows; Lk = 0 rows see nothing).
+        {target_q, target_k, 2, 1, 128, true},
+        {target_q, target_k, 2, 2, 64, false},
+        {target_q, target_k, 1, 1, 32, true, 20, -1},
+        {{16, 1, 8, 0}, {130, 64, 33, 33}, 4, 2, 32, true, 50, -1},
+        // Padded head-dim buckets: 8 -> 32, 40 -> 64, 120 -> 128.
+        {{17, 64, 65}, {17, 64, 65}, 1, 1, 8, true},
+        {{17, 64, 33}, {63, 64, 33}, 1, 1, 40, false},
+        {{65, 16}, {65, 100}, 2, 1, 120, true, 30, -1},
+        {{70, 65}, {70, 65}, 1, 1, 120, false, 20, 20},
+    };
+  }
   const std::vector<int64_t> edges{1, 15, 16, 17, 63, 64, 65, 200};
   const std::vector<int64_t> target_q{1, 15, 16, 17, 5, 3, 0, 65};
   const std::vector<int64_t> target_k{200, 65, 64, 1, 0, 63, 40, 17};
@@ -340,13 +500,17 @@ std::vector<Shape> mma_backward_shapes() {
 }
 
 TEST_F(AttentionGpu, TensorCoreBackwardBoundaries) {
-  for (DLDataType t : {kF16, kBF16}) {
-    for (const Shape& s : mma_backward_shapes()) {
+  const std::vector<Shape> all = mma_backward_shapes();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const Shape& s = all[i];
+    for (DLDataType t : mma_dtypes(i)) {
       SCOPED_TRACE(describe(s, t) + " window " + std::to_string(s.wl) + "," +
                    std::to_string(s.wr));
       AttentionData d =
           make_case(s, t, 7000 + static_cast<uint64_t>(s.d) * 11 + static_cast<uint64_t>(t.bits));
+      const PathWatch watch;
       expect_matches_reference(d, run(d, true), true);
+      watch.expect_path(true, true);
     }
   }
 }
@@ -360,16 +524,18 @@ TEST_F(AttentionGpu, TensorCoreBackwardStridesAndFallback) { expect_strided_layo
 TEST_F(AttentionGpu, TensorCoreBackwardIsBitwiseDeterministic) {
   AttentionCase c;
   c.dtype = kF16;
-  c.heads = 4;
+  c.heads = small_shapes() ? 2 : 4;
   c.kv_heads = 1;
   c.head_dim = 128;
-  c.lens_q = {200, 17, 0, 65};
-  c.lens_k = {200, 40, 5, 65};
+  c.lens_q = {small_shapes() ? 33 : 200, 17, 0, small_shapes() ? 40 : 65};
+  c.lens_k = {small_shapes() ? 33 : 200, 40, 5, small_shapes() ? 40 : 65};
   c.causal = true;
   c.window_left = 90;
   AttentionData d = make_attention(c);
   std::vector<std::vector<uint8_t>> runs;
+  const PathWatch watch;
   run(d, true, 20, &runs);
+  watch.expect_path(true, true);
   ASSERT_EQ(runs.size(), 20u);
   for (size_t i = 1; i < runs.size(); ++i) EXPECT_TRUE(runs[i] == runs[0]) << "run " << i;
 }
@@ -377,17 +543,143 @@ TEST_F(AttentionGpu, TensorCoreBackwardIsBitwiseDeterministic) {
 TEST_F(AttentionGpu, BackwardIsBitwiseDeterministic) {
   AttentionCase c;
   c.dtype = kBF16;
-  c.heads = 8;
-  c.kv_heads = 2;
+  c.heads = small_shapes() ? 2 : 8;
+  c.kv_heads = small_shapes() ? 1 : 2;
   c.head_dim = 64;
-  c.lens_q = {200, 1, 97, 500};
-  c.lens_k = {200, 30, 97, 500};
+  c.lens_q = small_shapes() ? std::vector<int64_t>{65, 1, 17, 33}
+                            : std::vector<int64_t>{200, 1, 97, 500};
+  c.lens_k = small_shapes() ? std::vector<int64_t>{65, 30, 17, 33}
+                            : std::vector<int64_t>{200, 30, 97, 500};
   c.causal = true;
   AttentionData d = make_attention(c);
   std::vector<std::vector<uint8_t>> runs;
   run(d, true, 20, &runs);
   ASSERT_EQ(runs.size(), 20u);
   for (size_t i = 1; i < runs.size(); ++i) EXPECT_TRUE(runs[i] == runs[0]) << "run " << i;
+}
+
+// The SIMT backward (bf16 at head dim 50: not a multiple of 8), 20 runs
+// bitwise equal.
+TEST_F(AttentionGpu, SimtBackwardIsBitwiseDeterministic) {
+  AttentionCase c;
+  c.dtype = kBF16;
+  c.heads = small_shapes() ? 2 : 4;
+  c.kv_heads = small_shapes() ? 1 : 2;
+  c.head_dim = 50;
+  c.lens_q = {small_shapes() ? 33 : 65, 1, 33, 0};
+  c.lens_k = {small_shapes() ? 33 : 65, 30, small_shapes() ? 17 : 33, 9};
+  c.causal = true;
+  AttentionData d = make_attention(c);
+  std::vector<std::vector<uint8_t>> runs;
+  const PathWatch watch;
+  run(d, true, 20, &runs);
+  watch.expect_path(false, true);
+  ASSERT_EQ(runs.size(), 20u);
+  for (size_t i = 1; i < runs.size(); ++i) EXPECT_TRUE(runs[i] == runs[0]) << "run " << i;
+}
+
+// Every mask kind around the tiles of both paths (SIMT: 32-key tiles, 32- or
+// 8-query blocks; tensor cores: 16-row warps, 64-row blocks, 64-key tiles):
+// lengths 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, q length != k length both
+// ways (bottom-right alignment; rows that see nothing), and an empty query
+// side, forward and backward, fp32 (SIMT) and fp16 (tensor cores, head dim 40
+// in the 64 bucket).
+TEST_F(AttentionGpu, MaskKindsAtTileEdges) {
+  struct MaskKind {
+    const char* name;
+    bool causal;
+    int64_t wl, wr;
+    bool fp32_backward = true;
+  };
+  const MaskKind kinds[] = {{"none", false, -1, -1},
+                            {"causal", true, -1, -1},
+                            {"window left 20", false, 20, -1},
+                            {"window right 5", false, -1, 5},
+                            {"band 17 / 3", false, 17, 3},
+                            {"window right 0 (causal)", false, -1, 0},
+                            {"causal, window left 10", true, 10, -1},
+                            {"band 1 / 1", false, 1, 1},
+                            // One key per row: P = 1. The straightforward
+                            // fp32 backward recomputes exp(s - lse) = 1
+                            // exactly (lse = s); the kernels' exp2 form
+                            // (s * scale * log2 e - lse * log2 e) gives 1 +
+                            // a few ulp of |s|, beyond the fp32 bound for dV
+                            // though not a bug: fp32 checks the forward only.
+                            {"diagonal only", false, 0, 0, false}};
+  const std::vector<int64_t> lens_q{1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 17, 5, 65, 0};
+  const std::vector<int64_t> lens_k{1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1, 64, 16, 7};
+  for (DLDataType t : {kF32, kF16}) {
+    for (const MaskKind& k : kinds) {
+      const Shape s{lens_q, lens_k, 1, 1, 40, k.causal, k.wl, k.wr};
+      SCOPED_TRACE(describe(s, t) + k.name);
+      AttentionData d =
+          make_case(s, t, 9000 + static_cast<uint64_t>(k.wl * 31 + k.wr) + t.bits);
+      const bool backward = k.fp32_backward || t.bits != 32;
+      const PathWatch watch;
+      expect_matches_reference(d, run(d, backward), backward);
+      watch.expect_path(t.bits == 16, backward);
+    }
+  }
+}
+
+// The dispatch: every kernel variant (dtype, head-dim bucket, rows per block)
+// is reached by the case meant for it, and the results match the reference.
+// SIMT forward <T, bucket, 4 or 16 lanes per row>, SIMT dQ / dK/dV <T,
+// bucket>, tensor-core forward <T, bucket, 4 or 1 warps>, tensor-core dQ /
+// dK/dV <T, bucket>. Launch counts exist in the emulation build only; on a GPU
+// only the results are checked.
+TEST_F(AttentionGpu, DispatchRunsEveryKernelVariant) {
+  if (!kCountsLaunches) {
+    std::printf("[   NOTE   ] kernel launches are not counted on a GPU: the dispatch "
+                "assertions are skipped, the results are checked\n");
+  }
+  struct Variant {
+    DLDataType t;
+    int d;
+    int bucket;
+    bool mma;
+  };
+  std::vector<Variant> variants;
+  for (DLDataType t : {kF32, kF16, kBF16}) {
+    // head dims that are not multiples of 8 (or above 128) take SIMT.
+    for (const auto& [d, bucket] : {std::pair{25, 32}, {50, 64}, {100, 128}, {200, 256}}) {
+      variants.push_back({t, d, bucket, false});
+    }
+  }
+  for (DLDataType t : {kF16, kBF16}) {
+    for (const auto& [d, bucket] : {std::pair{8, 32}, {32, 32}, {40, 64}, {64, 64}, {120, 128},
+                                    {128, 128}}) {
+      variants.push_back({t, d, bucket, true});
+    }
+  }
+  for (const Variant& v : variants) {
+    const std::string ty = v.t.code == kDLBfloat ? "__nv_bfloat16"
+                           : v.t.bits == 32      ? "float"
+                                                 : "__half";
+    const std::string b = std::to_string(v.bucket);
+    // Long sequences: 64-row tensor-core blocks / 32-row SIMT blocks, and
+    // the backward; short ones: 16-row blocks / 8-row SIMT blocks.
+    for (bool short_rows : {false, true}) {
+      const Shape s = short_rows ? Shape{{5, 3, 16}, {40, 20, 70}, 2, 1, v.d, true}
+                                 : Shape{{17, 70}, {33, 70}, 2, 1, v.d, true};
+      SCOPED_TRACE(describe(s, v.t));
+      AttentionData d = make_case(s, v.t, 11000 + static_cast<uint64_t>(v.d) + v.t.bits);
+      const std::string fwd = v.mma ? std::string(kMmaForward) + ty + ", " + b + ", " + (short_rows ? "1>" : "4>")
+                                    : std::string(kSimtForward) + ty + ", " + b + ", " + (short_rows ? "16>" : "4>");
+      const std::string dq = std::string(v.mma ? kMmaDq : kSimtDq) + ty + ", " + b + ">";
+      const std::string dkv = std::string(v.mma ? kMmaDkv : kSimtDkv) + ty + ", " + b + ">";
+      const bool backward = !short_rows;
+      const LaunchWatch exact({fwd, dq, dkv});
+      const PathWatch watch;
+      expect_matches_reference(d, run(d, backward), backward);
+      watch.expect_path(v.mma, backward);
+      if (backward) {
+        exact.expect({0, 1, 2}, {});
+      } else {
+        exact.expect({0}, {1, 2});
+      }
+    }
+  }
 }
 
 TEST_F(AttentionGpu, BadOffsetsWriteNothingAndAreReported) {

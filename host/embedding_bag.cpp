@@ -92,6 +92,10 @@ spembed_status_t check_lookup_inputs(DLDevice device, int64_t num_tables, const 
   SPEMBED_RETURN_IF_ERROR(check_data(*indices, "indices", &p->indices));
   p->nnz = indices->shape[0];
 
+  // NONE gathers one row per id: bags play no part, so its offsets, if given,
+  // are ignored (not checked, not read) on every device, forward and backward.
+  if (none) offsets = nullptr;
+
   const int64_t L = options.fixed_bag_size;
   int64_t total_bags = 0;
   if (L > 0) {

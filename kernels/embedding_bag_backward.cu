@@ -25,28 +25,10 @@
 namespace spembed::detail {
 namespace {
 
-// Alignment of each workspace array: what cudaMalloc gives, and what CUB
-// expects of its temp storage.
-constexpr size_t kWorkspaceAlign = 256;
-// Bound on CUB's temp storage for the sort, select, run-length encoding and
-// scan of n entries, computed without a device (CUB's own query reads the
-// device's architecture). The largest piece is the radix sort's look-back
-// array: 256 digit counters of 8 bytes per tile of at least 1024 keys, i.e.
-// at most 2 bytes per key, plus per-pass histograms and a few tile-status
-// arrays of under a byte per entry; 4 bytes per entry plus 1 MiB covers them
-// with room to spare. The entry point checks the bound against CUB's query.
-size_t cub_temp_bound(int64_t n) { return (size_t{1} << 20) + 4 * static_cast<size_t>(n); }
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The power of two >= x, at most a warp.
 int pow2_lanes(int64_t x) { return std::min(next_pow2(x), 32); }
-
-bool needs_wide(int64_t nnz, int64_t total_rows, int64_t num_bags) {
-  // Narrow: positions and bag indices fit 32 bits, and nnz + 1 fits CUB's int
-  // item count; keys up to the sentinel total_rows fit 32 bits.
-  return nnz >= INT32_MAX - 1 || total_rows >= UINT32_MAX || num_bags >= UINT32_MAX;
-}
 
 // G lanes and V vectors of 4 columns per lane: the fewest lanes that cover
 // max_dim with V <= 4; rows wider than 32 x 4 x 4 = 512 columns take several
@@ -120,57 +102,20 @@ int upload_tables(const EmbeddingBagBackwardParams& p, BackwardTableMeta* dst,
 
 }  // namespace
 
-BackwardWorkspace plan_backward_workspace(void* base, int64_t nnz, int64_t num_tables,
-                                          int64_t total_rows, int64_t num_bags, int32_t max_dim) {
-  BackwardWorkspace ws;
-  ws.wide = needs_wide(nnz, total_rows, num_bags);
-  const size_t pos = ws.wide ? 8 : 4;
-  const size_t n = static_cast<size_t>(std::max<int64_t>(nnz, 0));
-  size_t offset = kForwardWorkspaceBytes;
-  auto carve = [&](size_t bytes) -> void* {
-    void* at = base == nullptr ? nullptr : static_cast<char*>(base) + offset;
-    offset += (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
-    return at;
-  };
-  if (num_tables > 1) {
-    ws.tables = static_cast<BackwardTableMeta*>(
-        carve(static_cast<size_t>(num_tables) * sizeof(BackwardTableMeta)));
-  }
-  for (int k = 0; k < 2; ++k) ws.keys[k] = carve(n * pos);
-  for (int k = 0; k < 2; ++k) ws.vals[k] = carve(n * pos);
-  ws.bag_of = carve(n * pos);
-  ws.count_of = carve(n * pos);
-  ws.scratch = carve(n * pos);
-  ws.unique_keys = carve(n * pos);
-  ws.run_start = carve((n + 1) * pos);
-  ws.run_item = carve((n + 1) * pos);
-  ws.run_partial = carve(n * pos);
-  ws.item_run = carve(n * pos);
-  const auto partial_rows = static_cast<size_t>(max_partial_rows(nnz));
-  ws.hot_runs = carve(partial_rows * pos);
-  ws.counters = static_cast<BackwardCounters*>(carve(sizeof(BackwardCounters)));
-  ws.cub_temp_bytes = cub_temp_bound(nnz);
-  ws.cub_temp = carve(ws.cub_temp_bytes);
-  const auto cols = static_cast<size_t>(std::max<int32_t>(max_dim, 1));
-  ws.partials = static_cast<float*>(carve(partial_rows * cols * sizeof(float)));
-  ws.total_bytes = offset;
-  return ws;
-}
-
 size_t embedding_bag_backward_cuda_workspace(int64_t nnz, int64_t num_tables, int64_t total_rows,
                                              int32_t max_dim) {
-  // num_bags only picks narrow or wide positions; nnz bags is the widest
-  // case that matters (more bags than ids only come with empty bags, and
-  // the bag count is bounded the same way by host/).
-  return plan_backward_workspace(nullptr, nnz, num_tables, total_rows, nnz, max_dim).total_bytes;
+  // The call plans with the same function and the same arguments.
+  return plan_backward_workspace(nullptr, nnz, num_tables, total_rows, max_dim).total_bytes;
 }
 
 int embedding_bag_backward_cuda(const EmbeddingBagBackwardParams& host_p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const bool none = host_p.pooling == SPEMBED_POOLING_NONE;
   const int64_t num_bags = none ? host_p.nnz : host_p.num_bags();
+  // The layout depends on what the size query is given only (not on the
+  // bag count): host/ has checked workspace_bytes against the same plan.
   BackwardWorkspace ws = plan_backward_workspace(host_p.workspace, host_p.nnz, host_p.num_tables,
-                                                 host_p.total_rows, num_bags, host_p.max_dim);
+                                                 host_p.total_rows, host_p.max_dim);
   if (ws.total_bytes > host_p.workspace_bytes) return static_cast<int>(cudaErrorInvalidValue);
 
   // The kernels' view of the params: with several tables, the table array

@@ -16,8 +16,11 @@ void embedding_bag_backward_cpu(const EmbeddingBagBackwardParams& p);
 // Workspace bytes of the CUDA backward (the device check record, the table
 // array, CUB sort + run-length scratch and the partial sums of hot rows) for
 // nnz ids into num_tables tables of total_rows rows in all, max_dim columns
-// at most. The same for both algorithms: ATOMIC needs the sort too when (b)
-// or (c) is requested, and the query does not know the outputs.
+// at most (plan_backward_workspace, embedding_bag_backward_workspace.h). The
+// same for both algorithms: ATOMIC needs the sort too when (b) or (c) is
+// requested, and the query does not know the outputs. Nor does it know the
+// bag count, and the layout does not depend on it: the call needs exactly
+// these bytes.
 size_t embedding_bag_backward_cuda_workspace(int64_t nnz, int64_t num_tables, int64_t total_rows,
                                              int32_t max_dim);
 

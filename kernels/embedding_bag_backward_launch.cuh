@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "kernels/embedding_bag_backward_params.h"
+#include "kernels/embedding_bag_backward_workspace.h"
 #include "kernels/embedding_bag_forward_launch.cuh"
 
 namespace spembed::detail {
@@ -44,50 +45,6 @@ constexpr int kColsPerVec = 4;
 // Vectors per lane at most: 16 fp32 sums per lane, the forward's register
 // budget for sums (kMaxSumAccumulators).
 constexpr int kMaxVecPerLane = 4;
-// Rows of partial sums the hot runs may need: a run of L > CHUNK
-// contributions has ceil(L / CHUNK) < 2 L / CHUNK chunks, so all hot runs
-// together have fewer than 2 nnz / CHUNK.
-inline int64_t max_partial_rows(int64_t nnz) { return 2 * nnz / SPEMBED_BACKWARD_CHUNK + 1; }
-
-// Device counters of the pipeline, in the workspace (zeroed first).
-struct BackwardCounters {
-  unsigned long long num_runs;          // runs of the sorted keys, the sentinel's included
-  unsigned long long num_valid_runs;    // U: runs of real rows (the sentinel run dropped)
-  unsigned long long num_items;         // work items of the reduce kernel
-  unsigned long long num_hot;           // runs with more than one chunk
-  unsigned long long num_partial_rows;  // partial rows handed out to hot runs
-};
-
-// Pointers into the caller's workspace, laid out by plan_backward_workspace.
-// Positions, keys and everything derived from them are 32-bit ("narrow")
-// when nnz, the bag count and total_rows + 1 fit, otherwise 64-bit ("wide").
-struct BackwardWorkspace {
-  bool wide = false;
-  void* keys[2] = {nullptr, nullptr};  // sort double buffer
-  void* vals[2] = {nullptr, nullptr};
-  int sorted = 0;               // which buffer holds the sorted (and selected) entries
-  void* bag_of = nullptr;       // [nnz] bag of each position (with offsets)
-  void* count_of = nullptr;     // [nnz] MEAN: contributing ids of the position's bag
-  void* scratch = nullptr;      // [nnz] MAX: carrier flags; then run index of each entry
-  void* unique_keys = nullptr;  // [nnz] run keys
-  void* run_start = nullptr;    // [nnz + 1] first sorted entry of each run, then nnz
-  void* run_item = nullptr;     // [nnz + 1] first work item of each run (exclusive sum)
-  void* run_partial = nullptr;  // [nnz] first partial row of each hot run
-  void* item_run = nullptr;     // [nnz] run of each work item
-  void* hot_runs = nullptr;     // [max_partial_rows] runs with several chunks
-  float* partials = nullptr;    // [max_partial_rows, max_dim] chunk sums of hot runs
-  BackwardCounters* counters = nullptr;
-  void* cub_temp = nullptr;
-  size_t cub_temp_bytes = 0;
-  BackwardTableMeta* tables = nullptr;  // [num_tables] device copy of p.tables (batched)
-  size_t total_bytes = 0;               // of the whole workspace, record included
-  bool read_record = false;             // the check kernel ran: stop if it found bad data
-};
-
-// Byte offsets of the workspace for nnz ids, num_tables tables, keys below
-// total_rows, rows of max_dim columns. base may be null (size query).
-BackwardWorkspace plan_backward_workspace(void* base, int64_t nnz, int64_t num_tables,
-                                          int64_t total_rows, int64_t num_bags, int32_t max_dim);
 
 // How the lane-group kernels lay onto the grid (plan_backward_groups).
 struct BackwardLaunch {

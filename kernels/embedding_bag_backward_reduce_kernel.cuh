@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/embedding_bag_backward_columns.h"
 #include "kernels/embedding_bag_backward_launch.cuh"
 #include "kernels/kernel_launch.cuh"
 #include "kernels/optimizer_math.h"
@@ -97,6 +98,11 @@ __device__ __forceinline__ int64_t ld_pos(const void* base, int64_t i, bool wide
               : static_cast<int64_t>(static_cast<const uint32_t*>(base)[i]);
 }
 
+// The bag of position pos (with offsets): uint64 in both layouts.
+__device__ __forceinline__ int64_t ld_bag(const BackwardWorkspace& ws, int64_t pos) {
+  return static_cast<int64_t>(static_cast<const uint64_t*>(ws.bag_of)[pos]);
+}
+
 __device__ __forceinline__ int64_t ld_index(const void* base, int64_t i, IndexType type) {
   return type == IndexType::kI32
              ? static_cast<int64_t>(load_ro(static_cast<const int32_t*>(base) + i))
@@ -116,9 +122,11 @@ __device__ __forceinline__ float elem_to_float(T x) {
 
 // 4 columns c0..c0+3 of a row as fp32; columns >= dim read as 0. `vec`: the
 // row and dim allow one 16-byte (fp32) or 8-byte (fp16 / bf16) load.
+// Columns are 64-bit here (embedding_bag_backward_columns.h): nothing wraps.
 // kReadOnly: data no kernel of this call writes (grad_output, table for (d)).
 template <typename T, bool kReadOnly>
-__device__ __forceinline__ void load4(const T* row, int c0, int dim, bool vec, float (&x)[4]) {
+__device__ __forceinline__ void load4(const T* row, int64_t c0, int64_t dim, bool vec,
+                                      float (&x)[4]) {
   if (vec) {
     if constexpr (sizeof(T) == 4) {
       const float4 r = kReadOnly ? __ldg(reinterpret_cast<const float4*>(row + c0))
@@ -151,7 +159,7 @@ __device__ __forceinline__ void load4(const T* row, int c0, int dim, bool vec, f
   }
 }
 
-__device__ __forceinline__ void store4_f32(float* row, int c0, int dim, bool vec,
+__device__ __forceinline__ void store4_f32(float* row, int64_t c0, int64_t dim, bool vec,
                                            const float (&x)[4]) {
   if (vec) {
     *reinterpret_cast<float4*>(row + c0) = make_float4(x[0], x[1], x[2], x[3]);
@@ -166,7 +174,7 @@ __device__ __forceinline__ void store4_f32(float* row, int c0, int dim, bool vec
 // Updated weights -> the table's dtype (nearest even, or stochastic with the
 // random bits of (seed, linearized row, column)).
 template <typename TableT>
-__device__ __forceinline__ void store4_weights(TableT* row, int c0, int dim, bool vec,
+__device__ __forceinline__ void store4_weights(TableT* row, int64_t c0, int64_t dim, bool vec,
                                                const float (&x)[4], bool stochastic, uint64_t seed,
                                                int64_t key) {
   if constexpr (sizeof(TableT) == 4) {
@@ -176,7 +184,7 @@ __device__ __forceinline__ void store4_weights(TableT* row, int c0, int dim, boo
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       if (stochastic) {
-        const uint32_t random = sr_random_bits(seed, key, c0 + e);
+        const uint32_t random = sr_random_bits(seed, key, static_cast<int32_t>(c0 + e));
         bits[e] = std::is_same_v<TableT, __half> ? sr_float_to_half(x[e], random)
                                                  : sr_float_to_bf16(x[e], random);
       } else {
@@ -247,16 +255,16 @@ __device__ __forceinline__ BagRow bag_row(const EmbeddingBagBackwardParams& p, i
 template <typename TableT>
 __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
                                             const BackwardLaunch& plan, const Group& grp, int64_t u,
-                                            int64_t key, const BackwardTableMeta& t, int blk,
+                                            int64_t key, const BackwardTableMeta& t, uint32_t blk,
                                             const Sums& g, float row_state) {
   const int V = plan.vec_per_lane;
-  const int W = grp.lanes * V * kColsPerVec;
-  const int dim = t.dim;
+  const uint32_t W = grp.lanes * V * kColsPerVec;
+  const uint32_t dim = t.dim;
   const int64_t id = key - t.row_base;
   const spembed_optimizer_options_t& o = p.optimizer;
 #pragma unroll
   for (int v = 0; v < kMaxVecPerLane; ++v) {
-    const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+    const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
     if (v >= V || c0 >= dim) continue;
     if (plan.do_dense && t.grad_table != nullptr) {
       float* row = t.grad_table + id * t.grad_table_stride;
@@ -323,23 +331,23 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
                                              const BackwardLaunch& plan, const Group& grp,
                                              int64_t u, int64_t key, const BackwardTableMeta& t,
                                              SumBlock&& sum_block) {
-  const int W = grp.lanes * plan.vec_per_lane * kColsPerVec;
-  const int num_blocks = (t.dim + W - 1) / W;
+  const uint32_t W = grp.lanes * plan.vec_per_lane * kColsPerVec;
+  const uint32_t num_blocks = backward_column_blocks(t.dim, W);
   const bool rowwise =
       p.has_optimizer && p.optimizer.optimizer == SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD;
   const Sums g = thread_sums();
   float row_state = 0.0f;
   if (rowwise) {
     float squares = 0.0f;
-    for (int blk = 0; blk < num_blocks; ++blk) {
+    for (uint32_t blk = 0; blk < num_blocks; ++blk) {
       sum_block(blk, g);
-      const int dim = t.dim;
+      const uint32_t dim = t.dim;
       const auto* weights =
           static_cast<const TableT*>(t.weights) + (key - t.row_base) * t.weight_stride;
       const bool w_vec = vec_ok(t.weights, t.weight_stride, dim, sizeof(TableT));
 #pragma unroll
       for (int v = 0; v < kMaxVecPerLane; ++v) {
-        const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+        const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
         if (v >= plan.vec_per_lane || c0 >= dim) continue;
         float w[4];
         load4<TableT, false>(weights, c0, dim, w_vec, w);
@@ -361,14 +369,17 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
     old_state = __shfl_sync(grp.mask, old_state, 0, grp.lanes);
     row_state = opt_rowwise_state(old_state, squares, t.dim);
   }
-  for (int blk = 0; blk < num_blocks; ++blk) {
+  for (uint32_t blk = 0; blk < num_blocks; ++blk) {
     if (!rowwise || num_blocks > 1) sum_block(blk, g);
     apply_block<TableT>(p, plan, grp, u, key, t, blk, g, row_state);
   }
 
   if (p.unique_grads != nullptr) {
     float* unique_row = p.unique_grads + u * p.unique_grads_stride;
-    for (int c = t.dim + grp.j; c < p.max_dim; c += grp.lanes) unique_row[c] = 0.0f;
+    const auto max_dim = static_cast<uint32_t>(p.max_dim);
+    for (uint32_t c = static_cast<uint32_t>(t.dim) + grp.j; c < max_dim; c += grp.lanes) {
+      unique_row[c] = 0.0f;
+    }
     if (grp.j == 0) {
       if (p.num_tables > 1 || p.index_type == IndexType::kI64) {
         static_cast<int64_t*>(p.unique_ids)[u] = key;
@@ -388,10 +399,10 @@ __device__ __forceinline__ void sum_entries(const EmbeddingBagBackwardParams& p,
                                             const BackwardWorkspace& ws, const BackwardLaunch& plan,
                                             const Group& grp, ContribKind kind, int64_t e0,
                                             int64_t e1, int64_t id, const BackwardTableMeta& t,
-                                            int blk, const Sums& total) {
+                                            uint32_t blk, const Sums& total) {
   const int V = plan.vec_per_lane;
-  const int W = grp.lanes * V * kColsPerVec;
-  const int dim = t.dim;
+  const uint32_t W = grp.lanes * V * kColsPerVec;
+  const uint32_t dim = t.dim;
   const bool none = p.pooling == SPEMBED_POOLING_NONE;
   const int64_t col = none ? 0 : t.grad_col;
   const bool go_vec = plan.go_vec && col % 4 == 0 && dim % 4 == 0;
@@ -414,7 +425,7 @@ __device__ __forceinline__ void sum_entries(const EmbeddingBagBackwardParams& p,
         const int64_t pos = ld_pos(positions, b + grp.j, ws.wide);
         my_bag = none                   ? pos
                  : p.fixed_bag_size > 0 ? pos / p.fixed_bag_size
-                                        : ld_pos(ws.bag_of, pos, ws.wide);
+                                        : ld_bag(ws, pos);
         if (kind == ContribKind::kWeighted) my_scale = load_ro(p.weights + pos);
         if (kind == ContribKind::kMean)
           my_scale = static_cast<float>(ld_pos(ws.count_of, pos, ws.wide));
@@ -427,7 +438,7 @@ __device__ __forceinline__ void sum_entries(const EmbeddingBagBackwardParams& p,
         const GradT* go_row = go + br.out_row * p.grad_row_stride + col;
 #pragma unroll
         for (int v = 0; v < kMaxVecPerLane; ++v) {
-          const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+          const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
           if (v >= V || c0 >= dim) continue;
           float x[4];
           load4<GradT, true>(go_row, c0, dim, go_vec, x);
@@ -476,7 +487,7 @@ __device__ __forceinline__ Run load_run(const EmbeddingBagBackwardParams& p,
   const int64_t pos0 = ld_pos(ws.vals[ws.sorted], r.start, ws.wide);
   const int64_t bag0 = p.pooling == SPEMBED_POOLING_NONE ? pos0
                        : p.fixed_bag_size > 0            ? pos0 / p.fixed_bag_size
-                                                         : ld_pos(ws.bag_of, pos0, ws.wide);
+                                                         : ld_bag(ws, pos0);
   r.table = &table_of(p, bag_row(p, bag0).table);
   return r;
 }
@@ -490,7 +501,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
   const Group grp = make_group(plan.lanes);
   const ContribKind kind = contrib_kind(p);
   const int V = plan.vec_per_lane;
-  const int W = grp.lanes * V * kColsPerVec;
+  const uint32_t W = grp.lanes * V * kColsPerVec;
   const auto num_items = static_cast<int64_t>(ws.counters->num_items);
 
   for (int64_t item = grp.first; item < num_items; item += grp.stride) {
@@ -508,13 +519,13 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
       const int64_t e1 = min(start + len, e0 + SPEMBED_BACKWARD_CHUNK);
       float* partial = ws.partials + (ld_pos(ws.run_partial, u, ws.wide) + c) * p.max_dim;
       const bool part_vec = p.max_dim % 4 == 0;
-      const int num_blocks = (t.dim + W - 1) / W;
-      for (int blk = 0; blk < num_blocks; ++blk) {
+      const uint32_t num_blocks = backward_column_blocks(t.dim, W);
+      for (uint32_t blk = 0; blk < num_blocks; ++blk) {
         const Sums g = thread_sums();
         sum_entries<GradT, kMax>(p, ws, plan, grp, kind, e0, e1, id, t, blk, g);
 #pragma unroll
         for (int v = 0; v < kMaxVecPerLane; ++v) {
-          const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+          const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
           if (v >= V || c0 >= t.dim) continue;
           const float x[4] = {g(v, 0), g(v, 1), g(v, 2), g(v, 3)};
           store4_f32(partial, c0, t.dim, part_vec && t.dim % 4 == 0, x);
@@ -522,7 +533,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
       }
       continue;
     }
-    row_epilogue<TableT>(p, plan, grp, u, key, t, [&](int blk, const Sums& g) {
+    row_epilogue<TableT>(p, plan, grp, u, key, t, [&](uint32_t blk, const Sums& g) {
       sum_entries<GradT, kMax>(p, ws, plan, grp, kind, start, start + len, id, t, blk, g);
     });
   }
@@ -536,7 +547,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
   if (plan.read_record && record_says_stop(p)) return;
   const Group grp = make_group(plan.lanes);
   const int V = plan.vec_per_lane;
-  const int W = grp.lanes * V * kColsPerVec;
+  const uint32_t W = grp.lanes * V * kColsPerVec;
   const auto num_hot = static_cast<int64_t>(ws.counters->num_hot);
 
   for (int64_t h = grp.first; h < num_hot; h += grp.stride) {
@@ -547,12 +558,12 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
     const int64_t first_partial = ld_pos(ws.run_partial, u, ws.wide);
     const int64_t chunks = (len + SPEMBED_BACKWARD_CHUNK - 1) / SPEMBED_BACKWARD_CHUNK;
     const bool part_vec = p.max_dim % 4 == 0 && t.dim % 4 == 0;
-    row_epilogue<TableT>(p, plan, grp, u, key, t, [&](int blk, const Sums& g) {
+    row_epilogue<TableT>(p, plan, grp, u, key, t, [&](uint32_t blk, const Sums& g) {
       for (int64_t c = 0; c < chunks; ++c) {
         const float* partial = ws.partials + (first_partial + c) * p.max_dim;
 #pragma unroll
         for (int v = 0; v < kMaxVecPerLane; ++v) {
-          const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+          const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
           if (v >= V || c0 >= t.dim) continue;
           float x[4];
           load4<float, false>(partial, c0, t.dim, part_vec, x);
@@ -565,7 +576,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
 }
 
 // Float atomics of 4 contributions to grad_table columns c0..c0+3.
-__device__ __forceinline__ void atomic_add4(float* row, int c0, int dim, bool vec,
+__device__ __forceinline__ void atomic_add4(float* row, int64_t c0, int64_t dim, bool vec,
                                             const float (&x)[4]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (vec) {
@@ -587,7 +598,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
   const Group grp = make_group(plan.lanes);
   const ContribKind kind = contrib_kind(p);
   const int V = plan.vec_per_lane;
-  const int W = grp.lanes * V * kColsPerVec;
+  const uint32_t W = grp.lanes * V * kColsPerVec;
   const bool none = p.pooling == SPEMBED_POOLING_NONE;
   const int64_t num_bags = none ? p.nnz : p.num_tables * p.bags_per_table;
   const auto* go = static_cast<const GradT*>(p.grad_output);
@@ -595,8 +606,8 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
   for (int64_t bag = grp.first; bag < num_bags; bag += grp.stride) {
     const BagRow br = bag_row(p, bag);
     const BackwardTableMeta& t = table_of(p, br.table);
-    const int dim = t.dim;
-    const int num_blocks = (dim + W - 1) / W;
+    const uint32_t dim = t.dim;
+    const uint32_t num_blocks = backward_column_blocks(dim, W);
     const int64_t col = none ? 0 : t.grad_col;
     const bool go_vec = plan.go_vec && col % 4 == 0 && dim % 4 == 0;
     const GradT* go_row = go + br.out_row * p.grad_row_stride + col;
@@ -636,17 +647,19 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
         }
       }
       if (!dense) continue;
-      for (int blk = 0; blk < num_blocks; ++blk) {
+      for (uint32_t blk = 0; blk < num_blocks; ++blk) {
 #pragma unroll
         for (int v = 0; v < kMaxVecPerLane; ++v) {
-          const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+          // 32-bit columns in this kernel (exact, embedding_bag_backward_columns.h):
+          // fewer registers here than 64-bit ones.
+          const auto c0 = static_cast<uint32_t>(backward_column(blk, W, v, grp.lanes, grp.j));
           if (v >= V || c0 >= dim) continue;
           float x[4];
           load4<GradT, true>(go_row, c0, dim, go_vec, x);
           const int64_t arow = br.out_row * p.argmax_row_stride + col + c0;
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            if (c0 + e >= dim) continue;
+            if (static_cast<uint32_t>(e) >= dim - c0) continue;
             const int64_t a = ld_index(p.argmax, arow + e, p.index_type);
             if (a >= 0 && a < t.rows)
               atomicAdd(t.grad_table + a * t.grad_table_stride + c0 + e, x[e]);
@@ -658,11 +671,15 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
 
     float count = 1.0f;
     if (kind == ContribKind::kMean) {
-      int n = 0;
+      // 64-bit: one bag may hold more than 2^31 ids.
+      int64_t n = 0;
       for (int64_t i = begin + grp.j; i < end; i += grp.lanes) {
         n += contributes(ld_index(p.indices, i, p.index_type)) ? 1 : 0;
       }
-      for (int o = grp.lanes / 2; o > 0; o /= 2) n += __shfl_xor_sync(grp.mask, n, o, grp.lanes);
+      for (int o = grp.lanes / 2; o > 0; o /= 2) {
+        n += static_cast<int64_t>(
+            __shfl_xor_sync(grp.mask, static_cast<long long>(n), o, grp.lanes));
+      }
       count = static_cast<float>(n);
     }
     for (int64_t i = begin; i < end; ++i) {
@@ -678,10 +695,10 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
         if (valid) {
           const auto* w_row = static_cast<const TableT*>(t.weights) + id * t.weight_stride;
           const bool w_vec = vec_ok(t.weights, t.weight_stride, dim, sizeof(TableT));
-          for (int blk = 0; blk < num_blocks; ++blk) {
+          for (uint32_t blk = 0; blk < num_blocks; ++blk) {
 #pragma unroll
             for (int v = 0; v < kMaxVecPerLane; ++v) {
-              const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+              const auto c0 = static_cast<uint32_t>(backward_column(blk, W, v, grp.lanes, grp.j));
               if (v >= V || c0 >= dim) continue;
               float x[4];
               float w[4];
@@ -698,10 +715,10 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kMinBlocksPerSm)
       if (dense && valid) {
         const float scale = kind == ContribKind::kWeighted ? load_ro(p.weights + i) : count;
         float* row = t.grad_table + id * t.grad_table_stride;
-        for (int blk = 0; blk < num_blocks; ++blk) {
+        for (uint32_t blk = 0; blk < num_blocks; ++blk) {
 #pragma unroll
           for (int v = 0; v < kMaxVecPerLane; ++v) {
-            const int c0 = blk * W + (v * grp.lanes + grp.j) * kColsPerVec;
+            const auto c0 = static_cast<uint32_t>(backward_column(blk, W, v, grp.lanes, grp.j));
             if (v >= V || c0 >= dim) continue;
             float x[4];
             load4<GradT, true>(go_row, c0, dim, go_vec, x);

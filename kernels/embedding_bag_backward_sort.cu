@@ -1,7 +1,8 @@
 // Index pipeline of the CUDA embedding bag backward: from ids and offsets to
 // the work items of the reduction (see embedding_bag_backward_launch.cuh for
 // the whole pipeline). Positions and keys are one unsigned type PosT: 32-bit
-// when the workspace plan says "narrow", else 64-bit.
+// when the workspace plan says "narrow", else 64-bit; bag indices are 64-bit
+// in both (any bag count fits the workspace the query sized).
 //
 // Grid mappings:
 //   prepare  one group of G lanes per bag (G = the average bag length rounded
@@ -13,10 +14,12 @@
 //            one thread per sorted entry (per run for run_chunks), grid-stride:
 //            run head flags; heads write their run's key and first entry at
 //            the scanned run index; each run's number of chunks.
-//   expand   one thread per run (nnz + 1 threads: the thread of index U
-//            writes the counts), grid-stride; a thread writes the work items
-//            of its run one after the other (a run of L contributions has
-//            ceil(L / CHUNK) of them).
+//   expand   blocks of consecutive runs, grid-stride (nnz + 1 threads in
+//            all: the thread of index U writes the counts); one thread per
+//            run for the hot-run list, and the block's threads together for
+//            the work items of the block's runs (a run of L contributions
+//            has ceil(L / CHUNK) of them), so a hot row's items are spread
+//            over a block.
 // The CUB steps (radix sort, scans) size their own grids. (CUB's select and
 // run-length encoder, and its scans over transform iterators of 64-bit
 // values, spill registers on sm_80 in CUDA 13, which the build forbids: plain
@@ -128,7 +131,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, 2 * kIndexMinBlocksPerS
   const auto* offsets = static_cast<const IdxT*>(p.offsets);
   auto* keys = static_cast<PosT*>(ws.keys[0]);
   auto* vals = static_cast<PosT*>(ws.vals[0]);
-  auto* bag_of = static_cast<PosT*>(ws.bag_of);
+  auto* bag_of = static_cast<uint64_t*>(ws.bag_of);
   auto* count_of = static_cast<PosT*>(ws.count_of);
   const PosT sentinel = static_cast<PosT>(p.total_rows);
 
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, 2 * kIndexMinBlocksPerS
       const bool valid = !padding && in_range;
       keys[i] = valid ? static_cast<PosT>(row_base + id) : sentinel;
       vals[i] = static_cast<PosT>(i);
-      if (write_bag) bag_of[i] = static_cast<PosT>(bag);
+      if (write_bag) bag_of[i] = static_cast<uint64_t>(bag);
       count += valid ? 1 : 0;
     }
     if (mean) {
@@ -181,7 +184,7 @@ __global__ void __launch_bounds__(kIndexBlockThreads, kIndexMinBlocksPerSm)
   if (ws.read_record && record_says_stop(p)) return;
   const auto* keys = static_cast<const PosT*>(ws.keys[ws.sorted]);
   const auto* vals = static_cast<const PosT*>(ws.vals[ws.sorted]);
-  const auto* bag_of = static_cast<const PosT*>(ws.bag_of);
+  const auto* bag_of = static_cast<const uint64_t*>(ws.bag_of);
   auto* flags = static_cast<PosT*>(ws.scratch);
   const int64_t fixed = p.fixed_bag_size;
   for (int64_t s = static_cast<int64_t>(blockIdx.x) * kIndexBlockThreads + threadIdx.x; s < p.nnz;
@@ -220,15 +223,27 @@ __global__ void __launch_bounds__(kIndexBlockThreads, kIndexMinBlocksPerSm)
   }
 }
 
-// One thread per run: its work items, and for hot runs a slot in the hot-run
-// list and its partial rows (integer atomics: which slots a hot run gets does
-// not change any value, each run's partial rows are added in chunk order).
-// The thread of index U writes the counts.
+// Work items of the runs, a slot in the hot-run list and partial rows for
+// each hot run, and the counts. A block takes kIndexBlockThreads consecutive
+// runs at a time (grid-stride):
+//  - thread x of the block handles run base + x: a hot run gets its slot and
+//    its partial rows (integer atomics: which slots a hot run gets does not
+//    change any value, each run's partial rows are added in chunk order);
+//    the thread of index U writes the counts;
+//  - the runs' work items, a contiguous range (run_item is their exclusive
+//    scan), are written by all the block's threads together, item w by
+//    thread w mod kIndexBlockThreads: item w belongs to the last run whose
+//    first item is <= w, found by a binary search over the block's run_item
+//    entries staged in shared memory (or directly when every run of the
+//    block has one item). So a row hit L times has its ceil(L / CHUNK) items
+//    written by the whole block, not one after the other by one thread.
+// item_run's values do not depend on which thread writes them.
 template <typename PosT>
 __global__ void __launch_bounds__(kIndexBlockThreads, kIndexMinBlocksPerSm)
     expand_kernel(const __grid_constant__ EmbeddingBagBackwardParams p,
                   const BackwardWorkspace ws) {
   if (ws.read_record && record_says_stop(p)) return;
+  __shared__ PosT first_item[kIndexBlockThreads + 1];
   const auto* unique_keys = static_cast<const PosT*>(ws.unique_keys);
   const auto* run_start = static_cast<const PosT*>(ws.run_start);
   const auto* run_item = static_cast<const PosT*>(ws.run_item);
@@ -241,12 +256,13 @@ __global__ void __launch_bounds__(kIndexBlockThreads, kIndexMinBlocksPerSm)
   const int64_t valid_runs =
       num_runs > 0 && unique_keys[num_runs - 1] >= static_cast<PosT>(p.total_rows) ? num_runs - 1
                                                                                    : num_runs;
-  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kIndexBlockThreads + threadIdx.x; u <= p.nnz;
-       u += static_cast<int64_t>(gridDim.x) * kIndexBlockThreads) {
+  const int x = static_cast<int>(threadIdx.x);
+  // base is block-uniform, and so is every branch around the barriers.
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * kIndexBlockThreads; base <= p.nnz;
+       base += static_cast<int64_t>(gridDim.x) * kIndexBlockThreads) {
+    const int64_t u = base + x;
     if (u < valid_runs) {
-      const int64_t first = static_cast<int64_t>(run_item[u]);
       const int64_t chunks = chunks_of(static_cast<int64_t>(run_start[u + 1] - run_start[u]));
-      for (int64_t c = 0; c < chunks; ++c) item_run[first + c] = static_cast<PosT>(u);
       if (chunks > 1) {
         const auto h = atomicAdd(&ws.counters->num_hot, 1ull);
         hot_runs[h] = static_cast<PosT>(u);
@@ -259,6 +275,35 @@ __global__ void __launch_bounds__(kIndexBlockThreads, kIndexMinBlocksPerSm)
       ws.counters->num_items = static_cast<unsigned long long>(run_item[u]);
       if (p.num_unique != nullptr) *p.num_unique = valid_runs;
     }
+
+    // Runs [r0, r0 + runs) of this step own items [run_item[r0], run_item[r0 + runs]).
+    const int64_t r0 = min(base, valid_runs);
+    const int runs = static_cast<int>(min(base + kIndexBlockThreads, valid_runs) - r0);
+    if (runs == 0) continue;  // this block has no more valid runs (uniform)
+    for (int k = x; k <= runs; k += kIndexBlockThreads) first_item[k] = run_item[r0 + k];
+    __syncthreads();
+    const auto i0 = static_cast<int64_t>(first_item[0]);
+    const auto i1 = static_cast<int64_t>(first_item[runs]);
+    const bool one_each = i1 - i0 == runs;
+    for (int64_t w = i0 + x; w < i1; w += kIndexBlockThreads) {
+      int k = static_cast<int>(w - i0);
+      if (!one_each) {
+        // The last k in [0, runs) with first_item[k] <= w (first_item[0] <= w).
+        int lo = 0;
+        int hi = runs - 1;
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) / 2;
+          if (static_cast<int64_t>(first_item[mid]) <= w) {
+            lo = mid;
+          } else {
+            hi = mid - 1;
+          }
+        }
+        k = lo;
+      }
+      item_run[w] = static_cast<PosT>(r0 + k);
+    }
+    __syncthreads();  // the next step overwrites first_item
   }
 }
 

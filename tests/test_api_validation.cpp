@@ -628,6 +628,35 @@ TEST_F(ForwardValidation, NoneOutputIsNnzRows) {
   expect_success();
 }
 
+// NONE ignores offsets: bad values, a wrong length or dtype, or offsets next
+// to fixed_bag_size give the same output as NULL offsets, and a clean report
+// (spembed.h; the backward and the CUDA paths do the same).
+TEST_F(ForwardValidation, NoneIgnoresOffsets) {
+  options_.pooling = SPEMBED_POOLING_NONE;
+  output_ = HostTensor(kF32, {6, 4});
+  output = output_.dl();
+  offsets = nullptr;
+  expect_success();
+  const auto want = output_.bytes();
+  HostTensor bad_values = make_index_tensor(kI64, {3, 1, 0, 9});   // not from 0, decreasing, != nnz
+  HostTensor wrong_dtype = make_index_tensor(kI32, {0, 2, 2, 6});  // not the dtype of indices
+  HostTensor wrong_length = make_index_tensor(kI64, {0, 2, 2, 6, 6, 6, 6});  // 6 bags
+  for (const HostTensor* o : {&bad_values, &wrong_dtype, &wrong_length}) {
+    offsets = o->dl();
+    output_.fill_bytes(kPoisonByte);
+    report_ = make_report();
+    report = report_.dl();
+    expect_success();
+    EXPECT_TRUE(output_.bytes_equal(want)) << "offsets changed the NONE output";
+    EXPECT_EQ(report_.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+    EXPECT_EQ(report_.get_int(SPEMBED_REPORT_BAD_OFFSET_POSITION), -1);
+  }
+  options_.fixed_bag_size = 2;  // NONE with a fixed bag size: offsets still ignored
+  offsets = bad_values.dl();
+  expect_success();
+  EXPECT_TRUE(output_.bytes_equal(want));
+}
+
 TEST_F(ForwardValidation, FixedBagSizeWithOffsets) {
   options_.fixed_bag_size = 2;
   expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"offsets", "fixed_bag_size"});

@@ -169,6 +169,35 @@ TEST_F(BackwardCpu, HandComputedNoneWithWeightsAndPadding) {
   for (int64_t k = 0; k < 6; ++k) EXPECT_EQ(grad.get(k / 2, k % 2), want[size_t(k)]) << k;
 }
 
+// NONE ignores offsets, as the forward does (spembed.h): bad values, another
+// length or dtype give the same gradients as NULL offsets and a clean report.
+// The GPU suite runs the same calls on CUDA.
+TEST_F(BackwardCpu, NoneIgnoresOffsets) {
+  BackwardSpec s;
+  s.fwd.seed = 41;
+  s.fwd.pooling = SPEMBED_POOLING_NONE;
+  s.fwd.weighted = true;
+  s.fwd.dims = {5};
+  s.fwd.rows = 20;
+  s.fwd.bag_lengths = {3, 0, 4, 2};
+  s.weight_grads = true;
+  BackwardProblem bp = make_backward_problem(s, handle());
+  const BackwardOutputs want = run(bp);
+  HostTensor bad_values = make_index_tensor(s.fwd.index_dtype, {4, 2, 0, 7, 1});
+  HostTensor other_dtype = make_index_tensor(kI32, {0, 9});
+  for (const HostTensor* offsets : {&bad_values, &other_dtype}) {
+    BackwardOutputs out = fresh_outputs(bp);
+    BackwardViews v = host_views(bp, out);
+    v.offsets = offsets->dl();
+    const spembed_status_t st = run_backward(handle(), bp, v, SPEMBED_BACKWARD_DETERMINISTIC);
+    ASSERT_EQ(st, SPEMBED_STATUS_SUCCESS)
+        << spembed_status_string(st) << ": " << spembed_last_error();
+    EXPECT_EQ(compare_bitwise("none with offsets", bp, want, out), 0);
+    EXPECT_EQ(out.report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+    EXPECT_EQ(out.report.get_int(SPEMBED_REPORT_BAD_OFFSET_POSITION), -1);
+  }
+}
+
 TEST_F(BackwardCpu, HandComputedSkipAndReport) {
   HostTensor table = make_matrix(kF32, 3, 2, {0, 0, 1, 1, 2, 2});
   HostTensor indices = make_index_tensor(kI64, {1, 9, -1, 1});

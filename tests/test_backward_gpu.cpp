@@ -9,7 +9,8 @@
 //  - (c) optimizer and (d) weight gradients: within the reference's bounds
 //    (the CUDA side may reduce in another order).
 //  - 20 runs on CUDA bitwise identical; ERROR / SKIP through the report;
-//    the workspace contract.
+//    the workspace contract (whatever the bag count); NONE ignoring offsets;
+//    a hot row with more work items than the expand kernel's block.
 // Every test skips when no device is usable and fails instead when
 // SPEMBED_REQUIRE_GPU=1 (see gpu_util.h).
 #include <cuda_runtime_api.h>
@@ -100,6 +101,8 @@ class BackwardGpu : public ::testing::Test {
     ASSERT_EQ(handle_->create_status(), SPEMBED_STATUS_SUCCESS) << spembed_last_error();
   }
   spembed_handle_t handle() const { return handle_->get(); }
+  // The message of run_cuda's call.
+  const std::string& last_error() const { return last_error_; }
 
   // The queried workspace: the batched query for batched problems (it
   // creates v's batch, as run_backward would).
@@ -122,19 +125,27 @@ class BackwardGpu : public ::testing::Test {
   }
 
   // Runs bp on CUDA into fresh outputs (downloaded), with a workspace of the
-  // queried size less `workspace_short_by` bytes. Returns the call's status in
-  // *status (or expects success).
+  // queried size less `workspace_short_by` bytes, and `offsets` (uploaded) in
+  // place of bp's if given. Returns the call's status in *status (or expects
+  // success).
   BackwardOutputs run_cuda(BackwardProblem& bp, spembed_backward_algorithm_t algorithm,
-                           spembed_status_t* status = nullptr, size_t workspace_short_by = 0) {
+                           spembed_status_t* status = nullptr, size_t workspace_short_by = 0,
+                           const HostTensor* offsets = nullptr) {
     BackwardOutputs out = fresh_outputs(bp);
     {
       DeviceBackward dev(bp, out);
+      DeviceTensor device_offsets;
+      if (offsets != nullptr) {
+        device_offsets = DeviceTensor(*offsets);
+        dev.views.offsets = device_offsets.dl();
+      }
       const size_t needed = workspace_size(bp, dev.views, algorithm);
       EXPECT_GT(needed, workspace_short_by);
       const size_t given = needed > workspace_short_by ? needed - workspace_short_by : 0;
       DeviceBuffer workspace(std::max<size_t>(given, 1));
       const spembed_status_t st =
           run_backward(handle(), bp, dev.views, algorithm, workspace.get(), given, nullptr);
+      last_error_ = spembed_last_error();  // destroying a batch below clears it
       if (status != nullptr) {
         *status = st;
       } else {
@@ -147,9 +158,10 @@ class BackwardGpu : public ::testing::Test {
     return out;
   }
 
-  BackwardOutputs run_cpu(BackwardProblem& bp) {
+  BackwardOutputs run_cpu(BackwardProblem& bp, const HostTensor* offsets = nullptr) {
     BackwardOutputs out = fresh_outputs(bp);
     BackwardViews v = host_views(bp, out);
+    if (offsets != nullptr) v.offsets = offsets->dl();
     const spembed_status_t st = run_backward(handle(), bp, v, SPEMBED_BACKWARD_DETERMINISTIC);
     EXPECT_EQ(st, SPEMBED_STATUS_SUCCESS)
         << spembed_status_string(st) << ": " << spembed_last_error();
@@ -197,6 +209,7 @@ class BackwardGpu : public ::testing::Test {
 
  private:
   std::unique_ptr<Handle> handle_;
+  std::string last_error_;
 };
 
 // ---- the cases ---------------------------------------------------------------------------
@@ -398,17 +411,119 @@ TEST_F(BackwardGpu, BoundsPoliciesThroughTheReport) {
   EXPECT_TRUE(err.num_unique.bytes_equal(fresh.num_unique.bytes()));
 }
 
+// The workspace contract: the queried size is exactly enough, and one byte
+// less is WORKSPACE_TOO_SMALL with nothing written, whatever the bag count:
+// the layout depends only on what the queries are given (nnz, rows, dim), so
+// a call with more bags than ids (empty bags), a batched call or NONE needs
+// no more than the query said. (Before, the call chose its position width
+// from the bag count, which the query took to be nnz: a call with 2^32 bags
+// or more needed more bytes than queried and failed as a CUDA launch
+// failure. That size cannot be allocated here; BackwardWorkspacePlan in
+// test_backward_validation.cpp checks the plan itself.)
 TEST_F(BackwardGpu, WorkspaceTooSmall) {
-  BackwardSpec s = base_spec(2300);
-  s.fwd.bag_lengths = random_lengths(2300, 50, 10);
+  struct Case {
+    std::string what;
+    BackwardSpec spec;
+  };
+  std::vector<Case> cases;
+  {
+    BackwardSpec s = base_spec(2300);
+    s.fwd.bag_lengths = random_lengths(2300, 50, 10);
+    cases.push_back({"sum", s});
+  }
+  {
+    BackwardSpec s = base_spec(2301);
+    s.fwd.bag_lengths.assign(600, 0);  // 600 bags, 12 ids
+    for (int64_t b : {3, 70, 71, 598}) s.fwd.bag_lengths[static_cast<size_t>(b)] = 3;
+    s.fwd.pooling = SPEMBED_POOLING_MEAN;
+    cases.push_back({"more bags than ids", s});
+  }
+  {
+    BackwardSpec s = base_spec(2302);
+    s.fwd.batched = true;
+    s.fwd.dims = {3, 8};
+    s.fwd.bag_lengths = random_lengths(2302, 2 * 40, 6);
+    s.fwd.bag_lengths[5] = 0;
+    cases.push_back({"batched", s});
+  }
+  {
+    BackwardSpec s = base_spec(2303);
+    s.fwd.pooling = SPEMBED_POOLING_NONE;
+    s.fwd.bag_lengths = random_lengths(2303, 30, 5);
+    cases.push_back({"none", s});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    BackwardProblem bp = make_backward_problem(c.spec, handle());
+    ASSERT_GT(bp.nnz(), 0);
+    spembed_status_t st = SPEMBED_STATUS_SUCCESS;
+    const BackwardOutputs fresh = fresh_outputs(bp);
+    const BackwardOutputs out = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC, &st, 1);
+    EXPECT_EQ(st, SPEMBED_STATUS_WORKSPACE_TOO_SMALL)
+        << spembed_status_string(st) << ": " << last_error();
+    EXPECT_TRUE(mentions_any(last_error(), {"workspace"})) << last_error();
+    EXPECT_EQ(compare_bitwise("one byte short", bp, fresh, out), 0);
+    EXPECT_TRUE(out.report.bytes_equal(fresh.report.bytes()));
+    compare(bp, "the queried size");  // exactly the queried bytes: success, CPU bitwise
+  }
+}
+
+// NONE ignores offsets (spembed.h), on CUDA as on the CPU and in the
+// forward: bad offsets give the gradients of no offsets and a clean report
+// (before, the CPU rejected them and CUDA dropped them).
+TEST_F(BackwardGpu, NoneIgnoresOffsets) {
+  BackwardSpec s = base_spec(2500);
+  s.fwd.pooling = SPEMBED_POOLING_NONE;
+  s.fwd.weighted = true;
+  s.weight_grads = true;
+  s.fwd.dims = {12};
+  s.fwd.bag_lengths = random_lengths(2500, 40, 8);
   BackwardProblem bp = make_backward_problem(s, handle());
-  spembed_status_t st = SPEMBED_STATUS_SUCCESS;
-  const BackwardOutputs fresh = fresh_outputs(bp);
-  const BackwardOutputs out = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC, &st, 1);
-  EXPECT_EQ(st, SPEMBED_STATUS_WORKSPACE_TOO_SMALL);
-  EXPECT_TRUE(mentions_any(spembed_last_error(), {"workspace"})) << spembed_last_error();
-  EXPECT_TRUE(out.grad_tables[0].bytes_equal(fresh.grad_tables[0].bytes()));
-  EXPECT_TRUE(out.report.bytes_equal(fresh.report.bytes()));
+  const HostTensor bad = make_index_tensor(s.fwd.index_dtype, {4, 2, 0, bp.nnz() + 3});
+  const BackwardOutputs cpu = run_cpu(bp);
+  const BackwardOutputs cpu_bad = run_cpu(bp, &bad);
+  const BackwardOutputs gpu_bad = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC, nullptr, 0, &bad);
+  const BackwardOutputs atomic_bad = run_cuda(bp, SPEMBED_BACKWARD_ATOMIC, nullptr, 0, &bad);
+  EXPECT_EQ(compare_bitwise("cpu, bad offsets", bp, cpu, cpu_bad), 0);
+  EXPECT_EQ(compare_bitwise("cuda, bad offsets", bp, cpu, gpu_bad), 0);
+  EXPECT_EQ(check_gradients("cuda atomic, bad offsets", bp, atomic_bad, reference_backward(bp)), 0);
+  for (const BackwardOutputs* o : {&cpu_bad, &gpu_bad, &atomic_bad}) {
+    EXPECT_EQ(o->report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+    EXPECT_EQ(o->report.get_int(SPEMBED_REPORT_BAD_OFFSET_POSITION), -1);
+  }
+}
+
+// A row hit far more often than a block has threads has more work items
+// (chunks of SPEMBED_BACKWARD_CHUNK) than the expand kernel's block: they are
+// written by the whole block, found by a search over the block's runs. With
+// a hot row, warm rows of a few chunks and cold rows of one, in any order,
+// the result is the CPU's bit for bit, and twice the same.
+TEST_F(BackwardGpu, HotRowWorkItemsSpreadOverTheBlock) {
+  const int64_t nnz = small_shapes() ? 100000 : 400000;
+  BackwardSpec s = base_spec(2600);
+  s.fwd.weighted = true;
+  s.weight_grads = true;
+  s.fwd.dims = {6};
+  s.fwd.rows = 2000;
+  s.fwd.bag_lengths.assign(200, nnz / 200);
+  BackwardProblem bp = make_backward_problem(s, handle());
+  Problem& p = bp.fwd;
+  ASSERT_EQ(p.nnz(), nnz);
+  // 3 in 4 ids: row 1234 (the hot row, over 256 chunks); of the others, 3 in
+  // 4 go to 40 warm rows (2 or more chunks each), 1 in 4 to 600 cold rows (one
+  // chunk each).
+  for (int64_t k = 0; k < nnz; ++k) {
+    int64_t id = 1234;
+    if (k % 4 == 3) id = 100 + (k / 4) % 40;
+    if (k % 16 == 15) id = 300 + (k / 16) % 600;
+    p.ids[static_cast<size_t>(k)] = id;
+  }
+  p.indices = make_index_tensor(p.spec.index_dtype, p.ids);
+  ASSERT_GT(3 * nnz / 4 / SPEMBED_BACKWARD_CHUNK, 256);
+  compare(bp, "hot row");
+  const BackwardOutputs first = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+  const BackwardOutputs again = run_cuda(bp, SPEMBED_BACKWARD_DETERMINISTIC);
+  EXPECT_EQ(compare_bitwise("hot row, run twice", bp, first, again), 0);
 }
 
 }  // namespace

@@ -5,13 +5,18 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backward_util.h"
+#include "kernels/embedding_bag_backward_columns.h"
+#include "kernels/embedding_bag_backward_workspace.h"
 #include "test_util.h"
 
 namespace spembed_test {
@@ -404,6 +409,104 @@ TEST(BackwardValidation, BatchedWorkspaceSizeQuery) {
         << b.name;
     EXPECT_TRUE(mentions_any(spembed_last_error(), {b.name})) << spembed_last_error();
     EXPECT_EQ(bytes, 77u) << b.name << ": written on failure";
+  }
+}
+
+// The CUDA workspace is a function of what the queries are given only: the
+// width of its positions depends on nnz and the rows (never on the bag
+// count, which the queries do not know), bag indices are 64-bit in every
+// layout, and the public query is that plan's size. (A call with 2^32 bags
+// cannot be allocated in a test; before, the call widened its positions for
+// such bag counts and needed more bytes than the query had said.)
+TEST(BackwardWorkspacePlan, PositionWidthFromTheQueryArgumentsOnly) {
+  using spembed::detail::backward_wide_positions;
+  const int64_t kI32Max = std::numeric_limits<int32_t>::max();
+  const int64_t kU32Max = std::numeric_limits<uint32_t>::max();
+  EXPECT_FALSE(backward_wide_positions(0, 0));
+  EXPECT_FALSE(backward_wide_positions(1000, 100));
+  EXPECT_FALSE(backward_wide_positions(kI32Max - 2, kU32Max - 1));  // the largest narrow case
+  EXPECT_TRUE(backward_wide_positions(kI32Max - 1, 10));  // nnz + 1 no longer fits CUB's int
+  EXPECT_TRUE(backward_wide_positions(kI32Max, 10));
+  EXPECT_TRUE(backward_wide_positions(int64_t{1} << 40, 10));
+  EXPECT_TRUE(backward_wide_positions(10, kU32Max));  // the sentinel key total_rows
+  EXPECT_TRUE(backward_wide_positions(10, int64_t{1} << 40));
+}
+
+TEST(BackwardWorkspacePlan, BagIndicesAreWideInEveryLayout) {
+  using spembed::detail::plan_backward_workspace;
+  for (const auto& [nnz, rows] : {std::pair<int64_t, int64_t>{1000, 50},
+                                  std::pair<int64_t, int64_t>{777, int64_t{1} << 33}}) {
+    SCOPED_TRACE("nnz " + std::to_string(nnz) + " rows " + std::to_string(rows));
+    const auto planned = plan_backward_workspace(nullptr, nnz, 1, rows, 16);
+    std::vector<unsigned char> memory(planned.total_bytes);
+    const auto ws = plan_backward_workspace(memory.data(), nnz, 1, rows, 16);
+    EXPECT_EQ(ws.total_bytes, planned.total_bytes);
+    EXPECT_EQ(ws.wide, rows >= (int64_t{1} << 32));
+    // bag_of holds nnz 64-bit bag indices before the next array starts.
+    const auto* bag_of = static_cast<unsigned char*>(ws.bag_of);
+    const auto* next = static_cast<unsigned char*>(ws.count_of);
+    EXPECT_GE(next - bag_of, static_cast<std::ptrdiff_t>(nnz * sizeof(uint64_t)));
+    // Every array lies inside the workspace, after the check record.
+    const std::vector<const void*> arrays = {
+        ws.keys[0],  ws.keys[1],     ws.vals[0],   ws.vals[1],  ws.bag_of,      ws.count_of,
+        ws.scratch,  ws.unique_keys, ws.run_start, ws.run_item, ws.run_partial, ws.item_run,
+        ws.hot_runs, ws.counters,    ws.cub_temp,  ws.partials};
+    for (const void* a : arrays) {
+      const auto* at = static_cast<const unsigned char*>(a);
+      EXPECT_GE(at, memory.data() + spembed::detail::kForwardWorkspaceBytes);
+      EXPECT_LT(at, memory.data() + memory.size());
+    }
+  }
+}
+
+TEST(BackwardWorkspacePlan, QueryIsThePlansSize) {
+  using spembed::detail::plan_backward_workspace;
+  Handle h;
+  const int64_t kI32Max = std::numeric_limits<int32_t>::max();
+  struct Case {
+    int64_t nnz, rows, dim;
+  };
+  for (const Case& c :
+       {Case{0, 1, 1}, Case{1, 1, 1}, Case{1000, 100, 16}, Case{5, 3, 1 << 20},
+        Case{kI32Max - 2, 10, 8}, Case{kI32Max - 1, 10, 8}, Case{10, int64_t{1} << 32, 8}}) {
+    size_t bytes = 0;
+    ASSERT_EQ(
+        spembed_embedding_bag_backward_workspace_size(h.get(), kDLCUDA, kI64, c.nnz, c.rows, c.dim,
+                                                      SPEMBED_BACKWARD_DETERMINISTIC, &bytes),
+        SPEMBED_STATUS_SUCCESS)
+        << spembed_last_error();
+    EXPECT_EQ(
+        bytes,
+        plan_backward_workspace(nullptr, c.nnz, 1, c.rows, static_cast<int32_t>(c.dim)).total_bytes)
+        << c.nnz << " " << c.rows << " " << c.dim;
+  }
+}
+
+// The backward kernels' column arithmetic (uint32, as the forward's) at the
+// widest dims the host accepts, which no test can allocate: every column of
+// the row is covered once, none past the last block, nothing wraps around.
+TEST(BackwardColumns, EveryAcceptedDim) {
+  using spembed::detail::backward_column;
+  using spembed::detail::backward_column_blocks;
+  const int64_t kI32Max = std::numeric_limits<int32_t>::max();
+  for (const int lanes : {1, 8, 32}) {
+    for (const int vecs : {1, 4}) {
+      const auto W = static_cast<uint32_t>(lanes * vecs * 4);
+      for (const int64_t dim : {int64_t{1}, int64_t{513}, kI32Max - W, kI32Max - W + 1, kI32Max - 3,
+                                kI32Max - 1, kI32Max}) {
+        SCOPED_TRACE("dim " + std::to_string(dim) + " W " + std::to_string(W));
+        const uint32_t blocks = backward_column_blocks(static_cast<uint32_t>(dim), W);
+        EXPECT_EQ(int64_t{blocks}, (dim + W - 1) / W);
+        // The last lane's last vector in the last block: W - 4 past the block's
+        // start, covering the row's end, below 2^32 (the bag kernel narrows
+        // columns to uint32).
+        const int64_t last_start = backward_column(blocks - 1, W, vecs - 1, lanes, lanes - 1);
+        EXPECT_EQ(last_start, int64_t{blocks - 1} * W + W - 4);
+        EXPECT_LT(backward_column(blocks - 1, W, 0, lanes, 0), dim);
+        EXPECT_GE(last_start + 4, dim);
+        EXPECT_LT(last_start + 3, int64_t{1} << 32);
+      }
+    }
   }
 }
 

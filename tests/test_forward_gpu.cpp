@@ -647,6 +647,25 @@ TEST_F(CudaDataChecks, BadOffsets) {
   }
 }
 
+// NONE ignores offsets on both devices (spembed.h): bad offsets give the
+// output of no offsets and a clean report, on CUDA as on the CPU (before,
+// both checked them; the backward on CUDA did not).
+TEST_F(CudaDataChecks, NoneIgnoresOffsets) {
+  for (DLDataType index : {kI32, kI64}) {
+    SCOPED_TRACE(dtype_name(index));
+    ProblemSpec s = base_spec(kF32, kF32, SPEMBED_POOLING_NONE, 16, 1250);
+    s.index_dtype = index;
+    s.with_report = true;
+    s.weighted = true;
+    Problem p = make_problem(s);
+    ASSERT_FALSE(p.has_offsets);
+    p.has_offsets = true;
+    p.offsets = {5, 3, 0, p.nnz() + 7};  // not from 0, decreasing, last != nnz
+    p.offsets_t = make_index_tensor(index, p.offsets);
+    compare_with_cpu(p);  // p.expected ignores offsets; clean reports on both devices
+  }
+}
+
 TEST_F(CudaDataChecks, CleanDataReport) {
   ProblemSpec s = base_spec(kF32, kF32, SPEMBED_POOLING_SUM, 8, 1300);
   Problem p = make_problem(s);

@@ -143,7 +143,9 @@ spembed_status_t spembed_embedding_bag_forward_workspace_size(spembed_handle_t h
  *  indices  [nnz] int32 or int64, contiguous.
  *  offsets  [bags + 1], same dtype as indices, contiguous: first 0, last nnz,
  *           non-decreasing. NULL when options->fixed_bag_size > 0 (then
- *           bags = nnz / fixed_bag_size) or when pooling is NONE.
+ *           bags = nnz / fixed_bag_size). Ignored when pooling is NONE: NULL
+ *           or any tensor, neither checked nor read (forward and backward,
+ *           CPU and CUDA alike).
  *  per_sample_weights  [nnz] float32 or NULL; only with SUM or NONE.
  *  options  NULL for the defaults.
  *  output   [bags, dim] (NONE: [nnz, dim]) float32 / float16 / bfloat16;
@@ -277,9 +279,10 @@ typedef struct spembed_embedding_bag_backward_args {
 } spembed_embedding_bag_backward_args_t;
 
 /* Bytes of workspace the backward needs for `nnz` ids of `index_dtype` into
- * a table of `rows` x `dim` (0 on the CPU). The same for every output set and
- * both algorithms. It grows with nnz (sort and run buffers, about 50 bytes per
- * id with 32-bit positions) and with nnz * dim / 32 bytes for the partial sums
+ * a table of `rows` x `dim` (0 on the CPU). The same for every output set,
+ * both algorithms and any number of bags. It grows with nnz (sort and run
+ * buffers, about 56 bytes per id with 32-bit positions, i.e. for nnz < 2^31 - 2
+ * and rows < 2^32 - 1) and with nnz * dim / 32 bytes for the partial sums
  * of rows hit more than SPEMBED_BACKWARD_CHUNK times. 256-byte aligned. */
 spembed_status_t spembed_embedding_bag_backward_workspace_size(
     spembed_handle_t handle, DLDeviceType device_type, DLDataType index_dtype, int64_t nnz,

@@ -3,6 +3,9 @@ torch_embedding_bag.py, torch_embedding_bag_backward.py), which run as
 `python3 benchmarks/<script>.py` and so import this module from their own
 directory."""
 import argparse
+import json
+import os
+import time
 
 
 def base_parser(doc, default_iters, filter_help="regex on case names"):
@@ -13,6 +16,42 @@ def base_parser(doc, default_iters, filter_help="regex on case names"):
     parser.add_argument("--iters", type=int, default=default_iters, help="timed runs per case")
     parser.add_argument("--filter", default="", help=filter_help)
     return parser
+
+
+class Budget:
+    """--budget-s: the time after which a script starts no new case (0: no
+    limit), so that a caller's timeout still finds a JSON of the cases that
+    ran (the scripts rewrite it after every case)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.reached = False
+
+    @staticmethod
+    def add_argument(parser):
+        parser.add_argument("--budget-s", type=float, default=0.0,
+                            help="start no new case after this many seconds (0: no limit)")
+
+    def over(self):
+        """True once the budget is spent (says so once)."""
+        if self.seconds and time.monotonic() - self.started > self.seconds:
+            if not self.reached:
+                print(f"--budget-s {self.seconds:.0f} reached: the remaining cases are not run",
+                      flush=True)
+            self.reached = True
+        return self.reached
+
+
+def write_json(path, payload):
+    """Writes payload to path (if given) through a temporary file, so that a
+    reader never sees half a file."""
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
 
 def torch_on_gpu(benchmark):

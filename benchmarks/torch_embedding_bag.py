@@ -21,14 +21,16 @@ The PyTorch column of the embedding bag benchmark. It mirrors spembed_bench
   first (1 GiB device-to-device copy_, bytes read + written).
 
 Usage: torch_embedding_bag.py [--json FILE] [--iters N] [--filter REGEX]
+                              [--budget-s SECONDS]
+The JSON is rewritten after every case; --budget-s starts no new case once
+that many seconds passed (scripts/device_check.sh runs it under a timeout).
 Exits with status 0 and a message when PyTorch or a CUDA device is missing.
 """
 
-import json
 import re
 import sys
 
-from torch_bench_util import base_parser, torch_on_gpu
+from torch_bench_util import Budget, base_parser, torch_on_gpu, write_json
 
 SEED = 0x5EED
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
@@ -178,7 +180,10 @@ def copy_bandwidth(torch, timer, device):
 
 
 def main():
-    args = base_parser(__doc__, DEFAULT_ITERS).parse_args()
+    parser = base_parser(__doc__, DEFAULT_ITERS)
+    Budget.add_argument(parser)
+    args = parser.parse_args()
+    budget = Budget(args.budget_s)
 
     found = torch_on_gpu("the F.embedding_bag benchmark")
     if found is None:
@@ -195,6 +200,11 @@ def main():
 
     pattern = re.compile(args.filter)
     results = []
+    meta = {"device": name, "torch": torch.__version__, "copy_GBps": copy_gbps,
+            "iters": args.iters,
+            "byte_model": "rows read (repeats counted) + int64 ids + int64 offsets "
+                          "+ output written; same model for Zipf ids",
+            "results": results}
     for shape_index, shape in enumerate(issue_shapes()):
         for dist in ("uniform", "zipf1.05", "zipf1.2"):
             ids_per_table = None
@@ -205,7 +215,7 @@ def main():
                 if shape_index == 0 and dist == "uniform" and dtype_name == "fp32":
                     poolings.append("mean")
                 cases = [f"{shape['name']}/{dist}/{dtype_name}/{p}" for p in poolings]
-                if not any(pattern.search(c) for c in cases):
+                if not any(pattern.search(c) for c in cases) or budget.over():
                     continue
                 if ids_per_table is None:
                     ids_per_table = make_ids(torch, shape, dist, device)
@@ -232,16 +242,11 @@ def main():
                     results.append(row)
                     print(f"{case:48} {row['us']:11.1f} {gbps:9.1f} {row['pct_copy_bw']:6.1f}%",
                           flush=True)
+                    write_json(args.json, meta)
                 del tables
                 torch.cuda.empty_cache()
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "copy_GBps": copy_gbps,
-                       "iters": args.iters,
-                       "byte_model": "rows read (repeats counted) + int64 ids + int64 offsets "
-                                     "+ output written; same model for Zipf ids",
-                       "results": results}, f, indent=1)
+    write_json(args.json, meta)
     return 0
 
 

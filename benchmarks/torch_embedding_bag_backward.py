@@ -33,18 +33,20 @@ The PyTorch column of the backward benchmark (embedding_bag_backward_bench.cpp):
   GB/s compare times.
 
 Usage: torch_embedding_bag_backward.py [--json FILE] [--iters N] [--filter REGEX]
+                                       [--budget-s SECONDS]
+The JSON is rewritten after every case; --budget-s starts no new case once
+that many seconds passed (scripts/device_check.sh runs it under a timeout).
 Exits with status 0 and a message when PyTorch or a CUDA device is missing.
 A case that runs out of device memory is recorded as an error and skipped.
 """
 
-import json
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_embedding_bag as fwd  # noqa: E402  (shapes, ids, timer, copy bandwidth)
-from torch_bench_util import base_parser, torch_on_gpu  # noqa: E402
+from torch_bench_util import Budget, base_parser, torch_on_gpu, write_json  # noqa: E402
 
 DEFAULT_ITERS = 20
 OUTPUTS = ("grad", "rows", "sgd", "rowwise_adagrad", "adagrad", "adam")
@@ -126,7 +128,10 @@ def run_case(torch, F, timer, ids_per_table, offsets, tables, grad_output, what,
 
 
 def main():
-    args = base_parser(__doc__, DEFAULT_ITERS).parse_args()
+    parser = base_parser(__doc__, DEFAULT_ITERS)
+    Budget.add_argument(parser)
+    args = parser.parse_args()
+    budget = Budget(args.budget_s)
 
     found = torch_on_gpu("the embedding bag backward benchmark")
     if found is None:
@@ -143,6 +148,12 @@ def main():
 
     pattern = re.compile(args.filter)
     results = []
+    meta = {"device": name, "torch": torch.__version__, "copy_GBps": copy_gbps,
+            "iters": args.iters,
+            "byte_model": "spembed_bench's backward model (grad_output nnz*dim*4 + "
+                          "touched rows of gradient / weights / states + ids and "
+                          "offsets)",
+            "results": results}
     shapes = fwd.issue_shapes()
     for shape_index, shape in enumerate(shapes):
         dists = ["uniform", "zipf1.05", "zipf1.2"] + (["hot30"] if shape_index == 0 else [])
@@ -150,7 +161,7 @@ def main():
         grad_output = None
         for dist in dists:
             cases = [f"{shape['name']}/{dist}/fp32/{w}" for w in OUTPUTS]
-            if not any(pattern.search(c) for c in cases):
+            if not any(pattern.search(c) for c in cases) or budget.over():
                 continue
             if tables is None:
                 tables = [torch.empty(shape["rows"], d, dtype=torch.float32, device=device)
@@ -162,7 +173,7 @@ def main():
             offsets = torch.arange(0, shape["bags"] + 1, dtype=torch.int64,
                                    device=device) * shape["bag_size"]
             for what, case in zip(OUTPUTS, cases):
-                if not pattern.search(case):
+                if not pattern.search(case) or budget.over():
                     continue
                 variants = {"grad": [False], "rows": [True]}.get(what, [False, True])
                 for sparse in variants:
@@ -184,19 +195,13 @@ def main():
                     results.append(row)
                     print(f"{case:52} {peer:13} {row['us']:11.1f} {gbps:9.1f} "
                           f"{row['pct_copy_bw']:6.1f}%", flush=True)
+                write_json(args.json, meta)
                 torch.cuda.empty_cache()
             del ids_per_table
         del tables, grad_output
         torch.cuda.empty_cache()
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "copy_GBps": copy_gbps,
-                       "iters": args.iters,
-                       "byte_model": "spembed_bench's backward model (grad_output nnz*dim*4 + "
-                                     "touched rows of gradient / weights / states + ids and "
-                                     "offsets)",
-                       "results": results}, f, indent=1)
+    write_json(args.json, meta)
     return 0
 
 

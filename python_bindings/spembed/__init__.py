@@ -23,7 +23,11 @@ _torch.ops.load_library(_library_path())
 
 from . import _meta  # noqa: E402,F401  (fake kernels)
 from . import _autograd  # noqa: E402,F401  (autograd formulas)
+from . import errors  # noqa: E402
+from .errors import (ConstructorArgumentError, IndexOutOfRangeError,  # noqa: E402
+                     InvalidArgumentError, NotSupportedError)
 from . import ops  # noqa: E402
 from . import nn  # noqa: E402
 
-__all__ = ["ops", "nn", "__version__"]
+__all__ = ["ops", "nn", "errors", "InvalidArgumentError", "IndexOutOfRangeError",
+           "ConstructorArgumentError", "NotSupportedError", "__version__"]

@@ -67,6 +67,10 @@ def _va_setup(ctx, inputs, output):
     q, k, v, cu_q, cu_k, causal, scale, window_left, window_right = inputs[:9]
     ctx.mask = (causal, scale, window_left, window_right)
     ctx.save_for_backward(q, k, v, cu_q, cu_k, output[0], output[1])
+    # The backward has no LSE term: the LSE is marked non-differentiable
+    # (requires_grad False), so a loss through it raises instead of getting
+    # a silently dropped gradient.
+    ctx.mark_non_differentiable(output[1])
 
 
 def _va_backward(ctx, grad_out, _grad_lse):

@@ -5,23 +5,26 @@ import torch
 from torch import Tensor
 
 from . import ops as _ops
+from .errors import ConstructorArgumentError, InvalidArgumentError, NotSupportedError
 
 __all__ = ["EmbeddingBag", "EmbeddingBagCollection", "VarlenSelfAttention", "SASRecBlock"]
 
 
 class EmbeddingBag(torch.nn.Module):
-    """torch.nn.EmbeddingBag on spembed's fused lookup.
+    """torch.nn.EmbeddingBag on spembed's fused lookup (spembed.ops.embedding_bag).
 
-    Same constructor and forward arguments where the semantics match (mode,
-    padding_idx, include_last_offset, _weight, device, dtype; forward(input,
-    offsets, per_sample_weights) with 1-D input + offsets or 2-D input), plus:
+    torch's constructor, attributes, from_pretrained and forward(input,
+    offsets, per_sample_weights), with the same results and exceptions that
+    derive from torch's (spembed.errors), plus:
       mode 'none'      the gathered rows [nnz, dim] (per-sample weights applied);
       output_dtype     float32 / float16 / bfloat16 output (default: weight's);
-      bounds_policy    'error' (default; IndexError naming the position and id)
-                       or 'skip' (the id is ignored and not counted by 'mean');
+      bounds_policy    'error' (default; an IndexError / RuntimeError naming the
+                       position and id) or 'skip' (the id is ignored and not
+                       counted by 'mean');
       sparse           the gradient is a coalesced sparse COO tensor (eager only).
-    max_norm and scale_grad_by_freq are not supported. Tables are float32,
-    float16 or bfloat16; pooling accumulates in float32.
+    Not supported (yet): max_norm and scale_grad_by_freq=True (NotSupportedError
+    from the constructor), float64 tables (NotSupportedError from forward).
+    Tables are float32, float16 or bfloat16; pooling accumulates in float32.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
@@ -32,79 +35,98 @@ class EmbeddingBag(torch.nn.Module):
                  bounds_policy: str = "error") -> None:
         super().__init__()
         if max_norm is not None:
-            raise NotImplementedError("spembed.nn.EmbeddingBag: max_norm is not supported")
+            raise NotSupportedError(
+                "spembed.nn.EmbeddingBag: max_norm is not supported yet (core kernels pending: "
+                f"renormalising the looked-up rows in place); got max_norm={max_norm}")
         if scale_grad_by_freq:
-            raise NotImplementedError(
-                "spembed.nn.EmbeddingBag: scale_grad_by_freq is not supported")
+            raise NotSupportedError(
+                "spembed.nn.EmbeddingBag: scale_grad_by_freq=True is not supported yet (core "
+                "kernels pending: gradients scaled by the inverse id frequency)")
         _ops.mode_code(mode)
         _ops.bounds_code(bounds_policy)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.mode = mode
-        self.sparse = sparse
-        self.include_last_offset = include_last_offset
-        self.output_dtype = output_dtype
-        self.bounds_policy = bounds_policy
-        self.padding_idx = (None if padding_idx is None
-                            else _ops._padding(padding_idx, num_embeddings))
+        self.max_norm = max_norm
+        self.norm_type = norm_type
+        self.scale_grad_by_freq = scale_grad_by_freq
+        if padding_idx is not None:  # torch's rule, torch's exception class
+            if (padding_idx > 0 and padding_idx >= num_embeddings) or padding_idx < -num_embeddings:
+                raise ConstructorArgumentError(
+                    "spembed.nn.EmbeddingBag: padding_idx must be within num_embeddings, "
+                    f"-{num_embeddings} through {num_embeddings - 1}, but got {padding_idx}")
+            if padding_idx < 0:
+                padding_idx += num_embeddings
+        self.padding_idx = padding_idx
         if _weight is None:
             self.weight = torch.nn.Parameter(
                 torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
             self.reset_parameters()
         else:
-            if tuple(_weight.shape) != (num_embeddings, embedding_dim):
-                raise ValueError("spembed.nn.EmbeddingBag: _weight must be "
-                                 f"[{num_embeddings}, {embedding_dim}], got {tuple(_weight.shape)}")
+            if list(_weight.shape) != [num_embeddings, embedding_dim]:
+                raise ConstructorArgumentError(
+                    "spembed.nn.EmbeddingBag: Shape of weight does not match num_embeddings and "
+                    f"embedding_dim: _weight is {list(_weight.shape)}, expected "
+                    f"[{num_embeddings}, {embedding_dim}]")
             self.weight = torch.nn.Parameter(_weight)
+        self.mode = mode
+        self.sparse = sparse
+        self.include_last_offset = include_last_offset
+        self.output_dtype = output_dtype
+        self.bounds_policy = bounds_policy
 
     def reset_parameters(self) -> None:
         torch.nn.init.normal_(self.weight)
+        self._fill_padding_idx_with_zero()
+
+    def _fill_padding_idx_with_zero(self) -> None:
         if self.padding_idx is not None:
             with torch.no_grad():
                 self.weight[self.padding_idx].fill_(0)
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
-        if self.sparse and torch.is_grad_enabled() and self.weight.requires_grad:
-            return _SparseLookup.apply(self.weight, input, offsets, per_sample_weights, self)
-        return _ops.embedding_bag(input, self.weight, offsets, self.mode, per_sample_weights,
-                                  self.include_last_offset, self.padding_idx, self.output_dtype,
-                                  self.bounds_policy)
+        return _ops.embedding_bag(input, self.weight, offsets, self.max_norm, self.norm_type,
+                                  self.scale_grad_by_freq, self.mode, self.sparse,
+                                  per_sample_weights, self.include_last_offset, self.padding_idx,
+                                  output_dtype=self.output_dtype,
+                                  bounds_policy=self.bounds_policy)
 
     def extra_repr(self) -> str:
-        s = f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}"
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm!r}"
+        if self.norm_type != 2:
+            s += f", norm_type={self.norm_type!r}"
+        if self.scale_grad_by_freq is not False:
+            s += f", scale_grad_by_freq={self.scale_grad_by_freq!r}"
+        s += f", mode={self.mode!r}"
         if self.padding_idx is not None:
-            s += f", padding_idx={self.padding_idx}"
+            s += f", padding_idx={self.padding_idx!r}"
         return s
 
-
-class _SparseLookup(torch.autograd.Function):
-    """The lookup with a sparse (row-sparse COO) weight gradient."""
-
-    @staticmethod
-    def forward(ctx, weight, input, offsets, per_sample_weights, module):
-        if per_sample_weights is not None and per_sample_weights.requires_grad:
-            raise NotImplementedError(
-                "spembed.nn.EmbeddingBag: sparse=True gives no per_sample_weights gradient")
-        m = _ops.mode_code(module.mode)
-        indices, offs, fixed, psw = _ops.normalize_lookup(
-            input, offsets, module.mode, module.include_last_offset, per_sample_weights)
-        pad = -1 if module.padding_idx is None else module.padding_idx
-        lookup = (m, pad, _ops.bounds_code(module.bounds_policy), fixed)
-        out, argmax = torch.ops.spembed.embedding_bag(weight, indices, offs, psw, *lookup,
-                                                      module.output_dtype)
-        ctx.lookup = lookup
-        ctx.save_for_backward(weight, indices, offs, psw, argmax)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        weight, indices, offs, psw, argmax = ctx.saved_tensors
-        ids, rows = torch.ops.spembed.embedding_bag_backward_sparse(
-            grad_output, weight, indices, offs, psw, argmax, *ctx.lookup)
-        grad = torch.sparse_coo_tensor(ids.to(torch.int64).unsqueeze(0), rows, weight.shape,
-                                       is_coalesced=True, check_invariants=False)
-        return grad, None, None, None, None
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,
+                        max_norm: Optional[float] = None, norm_type: float = 2.0,
+                        scale_grad_by_freq: bool = False, mode: str = "mean",
+                        sparse: bool = False, include_last_offset: bool = False,
+                        padding_idx: Optional[int] = None, *,
+                        output_dtype: Optional[torch.dtype] = None,
+                        bounds_policy: str = "error") -> "EmbeddingBag":
+        """torch.nn.EmbeddingBag.from_pretrained: a module whose weight is
+        `embeddings` itself (rows = num_embeddings, columns = embedding_dim),
+        trainable unless freeze. The padding row is left as it is."""
+        if embeddings.dim() != 2:
+            raise ConstructorArgumentError(
+                "spembed.nn.EmbeddingBag.from_pretrained: Embeddings parameter is expected to be "
+                f"2-dimensional, got {embeddings.dim()}-D")
+        rows, cols = embeddings.shape
+        bag = cls(rows, cols, max_norm=max_norm, norm_type=norm_type,
+                  scale_grad_by_freq=scale_grad_by_freq, mode=mode, sparse=sparse,
+                  _weight=embeddings, include_last_offset=include_last_offset,
+                  padding_idx=padding_idx, output_dtype=output_dtype,
+                  bounds_policy=bounds_policy)
+        bag.weight.requires_grad = not freeze
+        return bag
 
 
 TableSpec = Union[Tuple[int, int], Sequence[int]]
@@ -138,7 +160,8 @@ class EmbeddingBagCollection(torch.nn.Module):
                  stochastic_rounding: bool = False, seed: int = 0) -> None:
         super().__init__()
         if len(tables) == 0:
-            raise ValueError("spembed.nn.EmbeddingBagCollection: tables must not be empty")
+            raise InvalidArgumentError(
+                "spembed.nn.EmbeddingBagCollection: tables must not be empty")
         if mode == "none":
             raise NotImplementedError(
                 "spembed.nn.EmbeddingBagCollection: mode 'none' needs one width per table")
@@ -151,8 +174,8 @@ class EmbeddingBagCollection(torch.nn.Module):
         self.optimizer = optimizer
         fused = optimizer is not None
         if fused and optimizer not in _ops.OPTIMIZERS:
-            raise ValueError(f"spembed: optimizer must be one of {sorted(_ops.OPTIMIZERS)}, "
-                             f"got {optimizer!r}")
+            raise InvalidArgumentError(
+                f"spembed: optimizer must be one of {sorted(_ops.OPTIMIZERS)}, got {optimizer!r}")
         self.weights = torch.nn.ParameterList()
         for rows, dim in tables:
             w = torch.empty(int(rows), int(dim), device=device, dtype=dtype)
@@ -191,16 +214,16 @@ class EmbeddingBagCollection(torch.nn.Module):
     def _table_major(self, features, offsets):
         if isinstance(features, (list, tuple)):
             if offsets is not None:
-                raise ValueError("spembed: with per-feature (values, offsets) pairs, the "
-                                 "offsets argument must be None")
+                raise InvalidArgumentError("spembed: with per-feature (values, offsets) pairs, "
+                                           "the offsets argument must be None")
             if len(features) != len(self.weights):
-                raise ValueError(f"spembed: expected {len(self.weights)} features, "
-                                 f"got {len(features)}")
+                raise InvalidArgumentError(f"spembed: expected {len(self.weights)} features, "
+                                           f"got {len(features)}")
             vals, offs, base = [], [], None
             for values, feature_offsets in features:
                 if values.dim() == 2:
                     if feature_offsets is not None:
-                        raise ValueError("spembed: 2-D values take offsets None")
+                        raise InvalidArgumentError("spembed: 2-D values take offsets None")
                     b, length = values.shape
                     feature_offsets = torch.arange(0, b * length + 1, max(length, 1),
                                                    device=values.device,
@@ -214,7 +237,8 @@ class EmbeddingBagCollection(torch.nn.Module):
             offs.append(base)
             return torch.cat(vals), torch.cat(offs)
         if offsets is None:
-            raise ValueError("spembed: offsets [T * B + 1] are required with table-major indices")
+            raise InvalidArgumentError(
+                "spembed: offsets [T * B + 1] are required with table-major indices")
         return features, offsets.to(features.dtype)
 
     def forward(self, features: Union[Tensor, Sequence[Tuple[Tensor, Optional[Tensor]]]],
@@ -225,15 +249,15 @@ class EmbeddingBagCollection(torch.nn.Module):
         pad = -1 if self.padding_idx is None else self.padding_idx
         lookup = (self.mode_id, pad, self.bounds_id, 0)
         if self.optimizer is None:
-            out, _ = torch.ops.spembed.embedding_bag_batched(list(self.weights), indices, offs,
-                                                             psw, *lookup, self.output_dtype)
+            out, _ = _ops.call_op(torch.ops.spembed.embedding_bag_batched, list(self.weights),
+                                  indices, offs, psw, *lookup, self.output_dtype)
             return out
         if psw is not None and per_sample_weights.requires_grad:
             raise NotImplementedError("spembed: a fused-optimizer collection gives no "
                                       "per_sample_weights gradient")
         if not torch.is_grad_enabled():
-            out, _ = torch.ops.spembed.embedding_bag_batched(list(self.weights), indices, offs,
-                                                             psw, *lookup, self.output_dtype)
+            out, _ = _ops.call_op(torch.ops.spembed.embedding_bag_batched, list(self.weights),
+                                  indices, offs, psw, *lookup, self.output_dtype)
             return out
         return _FusedBatchedLookup.apply(self._trigger, self, indices, offs, psw, lookup,
                                          *self.weights)

@@ -4,88 +4,300 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from . import _config
+from .errors import (IndexOutOfRangeError, InvalidArgumentError, NotSupportedError)
+
 _MODES = {"sum": 0, "mean": 1, "max": 2, "none": 3}
 _BOUNDS = {"error": 0, "skip": 1}
 OPTIMIZERS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
+_TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def mode_code(mode: str) -> int:
     try:
         return _MODES[mode]
     except KeyError:
-        raise ValueError(f"spembed: mode must be one of {sorted(_MODES)}, got {mode!r}") from None
+        raise InvalidArgumentError(
+            f"spembed: mode must be one of {sorted(_MODES)}, got {mode!r}") from None
 
 
 def bounds_code(policy: str) -> int:
     try:
         return _BOUNDS[policy]
     except KeyError:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"spembed: bounds_policy must be one of {sorted(_BOUNDS)}, got {policy!r}") from None
 
 
-def normalize_lookup(input: torch.Tensor, offsets: Optional[torch.Tensor], mode: str,
-                     include_last_offset: bool, per_sample_weights: Optional[torch.Tensor],
-                     num_tables: int = 1):
-    """torch.nn.functional.embedding_bag's input forms -> (indices [nnz],
-    offsets [bags + 1] or None, fixed_bag_size, per_sample_weights float32)."""
-    if input.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"spembed: input must be int32 or int64, got {input.dtype}")
-    fixed = 0
-    if input.dim() == 2:
+def call_op(op, *args):
+    """Calls a spembed op and raises the package's exception classes
+    (spembed.errors) in place of the op's ValueError / IndexError /
+    NotImplementedError, message unchanged. Under torch.compile the op is
+    called as it is: the fake kernels check nothing data-dependent."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    try:
+        return op(*args)
+    except IndexError as e:
+        raise IndexOutOfRangeError(str(e)) from None
+    except NotImplementedError as e:
+        raise NotSupportedError(str(e)) from None
+    except ValueError as e:
+        raise InvalidArgumentError(str(e)) from None
+
+
+def _bad(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError("spembed.embedding_bag: " + message)
+
+
+def _check_embedding_bag(input, weight, offsets, max_norm, scale_grad_by_freq, mode, sparse,
+                         per_sample_weights, include_last_offset, padding_idx):
+    """F.embedding_bag's argument checks, in torch's order, so that an input
+    with several problems raises the class torch raises. Returns input,
+    offsets and include_last_offset with a nested (jagged) input unpacked."""
+    psw = per_sample_weights
+    if psw is not None and psw.shape != input.shape:
+        raise _bad("per_sample_weights must have the same shape as the input: got "
+                   f"per_sample_weights of shape {tuple(psw.shape)} for input of shape "
+                   f"{tuple(input.shape)}")
+    if weight.dim() != 2:
+        raise _bad("weight has to be a 2-D tensor [num_embeddings, embedding_dim], got "
+                   f"{weight.dim()}-D")
+    if input.is_nested:
+        if input.layout != torch.jagged or input.dim() != 2:
+            raise NotSupportedError("spembed.embedding_bag: a nested input must be a 2-D "
+                                    "torch.jagged tensor")
+        if psw is not None and not psw.is_nested:
+            raise _bad("per_sample_weights must be nested when input is nested")
+        offsets, input, include_last_offset = input.offsets(), input.values(), True
+    elif input.dim() == 2:
         if offsets is not None:
-            raise ValueError("spembed: offsets must be None when input is 2-D (bags of equal size)")
-        bags, length = input.shape
-        indices = input.reshape(-1)
-        if per_sample_weights is not None:
-            per_sample_weights = per_sample_weights.reshape(-1)
-        if mode == "none":
-            pass
-        elif length > 0:
-            fixed = length
-        else:
-            offsets = torch.zeros(bags * num_tables + 1, dtype=input.dtype, device=input.device)
+            raise _bad("offsets must be None when input is 2-D (every row of input is one bag); "
+                       f"got offsets of shape {tuple(offsets.shape)}")
     elif input.dim() == 1:
-        indices = input
-        if mode != "none":
-            if offsets is None:
-                raise ValueError("spembed: offsets are required when input is 1-D")
-            if offsets.dim() != 1:
-                raise ValueError(f"spembed: offsets must be 1-D, got shape {tuple(offsets.shape)}")
-            offsets = offsets.to(indices.dtype)
-            if not include_last_offset:
-                end = torch.full((1,), indices.shape[0], dtype=indices.dtype,
-                                 device=indices.device)
-                offsets = torch.cat([offsets, end])
-        else:
-            offsets = None
+        if offsets is None:
+            if mode != "none":
+                raise _bad("offsets has to be a 1-D tensor when input is 1-D, got None")
+        elif offsets.dim() != 1:
+            raise _bad(f"offsets has to be a 1-D tensor, got shape {tuple(offsets.shape)}")
     else:
-        raise ValueError(f"spembed: input must be 1-D or 2-D, got {input.dim()}-D")
-    if per_sample_weights is not None:
-        if mode not in ("sum", "none"):
-            raise NotImplementedError(
-                f"spembed: per_sample_weights need mode 'sum' (or 'none'), got {mode!r}")
-        per_sample_weights = per_sample_weights.to(torch.float32)
-    return indices, offsets, fixed, per_sample_weights
+        raise _bad(f"input has to be a 1-D or 2-D tensor, got {input.dim()}-D "
+                   f"(shape {tuple(input.shape)})")
+    if mode not in _MODES:
+        raise _bad(f"mode has to be one of 'sum', 'mean', 'max' (or spembed's 'none'), "
+                   f"got {mode!r}")
+    if mode == "max":
+        if scale_grad_by_freq:
+            raise _bad("mode 'max' does not support scale_grad_by_freq=True")
+        if sparse:
+            raise _bad("mode 'max' does not support sparse=True (sparse weight gradients)")
+    if max_norm is not None:
+        raise NotSupportedError(
+            "spembed.embedding_bag: max_norm is not supported yet (core kernels pending: "
+            f"renormalising the looked-up rows in place); got max_norm={max_norm}")
+    if psw is not None and mode not in ("sum", "none"):
+        raise NotImplementedError(
+            "spembed.embedding_bag: per_sample_weights is only supported for mode='sum' "
+            f"(and spembed's mode='none'), got mode={mode!r}")
+    if scale_grad_by_freq:
+        raise NotSupportedError(
+            "spembed.embedding_bag: scale_grad_by_freq=True is not supported yet (core "
+            "kernels pending: gradients scaled by the inverse id frequency)")
+    if input.dtype not in _INDEX_DTYPES:
+        raise _bad(f"input must be int32 or int64, got {input.dtype}")
+    if offsets is not None and offsets.dtype not in _INDEX_DTYPES:
+        raise _bad(f"offsets must be int32 or int64, got {offsets.dtype}")
+    if weight.dtype == torch.float64:
+        raise NotSupportedError(
+            "spembed.embedding_bag: float64 tables are not supported yet (core kernels "
+            "pending); tables are float32, float16 or bfloat16")
+    if weight.dtype not in _TABLE_DTYPES:
+        raise _bad(f"weight must be float32, float16 or bfloat16, got {weight.dtype}")
+    if psw is not None and psw.dtype not in (weight.dtype, torch.float32):
+        raise _bad(f"per_sample_weights must have the same type as weight ({weight.dtype}), "
+                   f"or be float32; got {psw.dtype}")
+    rows = weight.shape[0]
+    if padding_idx is not None and not -rows <= padding_idx < rows:
+        raise _bad(f"padding_idx must be within the number of embeddings, -{rows} through "
+                   f"{rows - 1}, but got {padding_idx}")
+    if input.dim() == 1 and mode != "none" and include_last_offset and offsets.numel() == 0:
+        raise _bad("include_last_offset=True needs at least one offset (offsets are "
+                   "[bags + 1]), got an empty offsets")
+    return input, offsets, include_last_offset
+
+
+def _offsets_problem(offsets: torch.Tensor, nnz: int, include_last_offset: bool):
+    """What is wrong with the caller's offsets, in the caller's terms, or None."""
+    o = offsets.detach().to("cpu", torch.int64)
+    n = o.numel()
+    if n == 0:
+        return None
+    where = "spembed.embedding_bag: "
+    if int(o[0]) != 0:
+        return where + f"offsets[0]={int(o[0])}: offsets[0] has to be 0 (the first bag " \
+            "starts at the first id)"
+    down = (o[1:] < o[:-1]).nonzero()
+    if down.numel() > 0:
+        i = int(down[0, 0])
+        return where + f"offsets[{i}]={int(o[i])} > offsets[{i + 1}]={int(o[i + 1])}: " \
+            "offsets must be non-decreasing"
+    last = int(o[-1])
+    if last > nnz:
+        role = ("where the last bag ends (include_last_offset=True)" if include_last_offset
+                else f"where bag {n - 1} starts (include_last_offset=False)")
+        return where + f"offsets[{n - 1}]={last} > {nnz}, the number of ids in input; " \
+            f"offsets[{n - 1}] is {role}"
+    return None
+
+
+def _id_problem(input: torch.Tensor, rows: int, pad: int, original: str) -> str:
+    """The first out-of-range id, named by its position in the caller's input."""
+    flat = input.detach().reshape(-1)
+    bad = (flat < 0) | (flat >= rows)
+    if pad >= 0:
+        bad &= flat != pad
+    count = int(bad.sum())
+    if count == 0:
+        return original
+    pos = int(bad.nonzero()[0, 0])
+    where = (f"input[{pos}]" if input.dim() == 1
+             else f"input[{pos // input.shape[1]}, {pos % input.shape[1]}]")
+    return (f"spembed.embedding_bag: {where}={int(flat[pos])} is out of range: weight has "
+            f"{rows} rows (num_embeddings), so ids must be in [0, {rows}); {count} "
+            "out-of-range id(s) in input (bounds_policy='skip' ignores them)")
+
+
+def _with_end(offsets: torch.Tensor, end) -> torch.Tensor:
+    return torch.cat([offsets, offsets.new_full((1,), end)])
 
 
 def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
-                  offsets: Optional[torch.Tensor] = None, mode: str = "mean",
-                  per_sample_weights: Optional[torch.Tensor] = None,
-                  include_last_offset: bool = False, padding_idx: Optional[int] = None,
+                  offsets: Optional[torch.Tensor] = None, max_norm: Optional[float] = None,
+                  norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
+                  sparse: bool = False, per_sample_weights: Optional[torch.Tensor] = None,
+                  include_last_offset: bool = False, padding_idx: Optional[int] = None, *,
                   output_dtype: Optional[torch.dtype] = None,
                   bounds_policy: str = "error") -> torch.Tensor:
-    """Like torch.nn.functional.embedding_bag (same input / offsets forms),
-    plus mode 'none' (the gathered rows [nnz, dim]), an output dtype and the
-    out-of-range policy ('error': IndexError; 'skip': such ids are ignored)."""
-    m = mode_code(mode)
-    indices, offs, fixed, psw = normalize_lookup(input, offsets, mode, include_last_offset,
-                                                 per_sample_weights)
-    pad = _padding(padding_idx, weight.shape[0])
-    out, _ = torch.ops.spembed.embedding_bag(weight, indices, offs, psw, m, pad,
-                                             bounds_code(bounds_policy), fixed, output_dtype)
-    return out
+    """torch.nn.functional.embedding_bag on spembed's fused lookup: the same
+    arguments in the same order, the same input forms (1-D input + offsets,
+    2-D input, a 2-D torch.jagged nested input) and the same results, plus
 
+      mode 'none'      the gathered rows [nnz, dim] (per-sample weights applied);
+      output_dtype     float32 / float16 / bfloat16 output (default: weight's);
+      bounds_policy    'error' (default) or 'skip' (out-of-range ids are
+                       ignored and not counted by 'mean').
+
+    Exceptions derive from what torch raises (spembed.errors). max_norm and
+    scale_grad_by_freq=True raise NotSupportedError, as do float64 tables;
+    norm_type is only read with max_norm. per_sample_weights have weight's
+    dtype (as in torch) or float32; they are used in float32.
+    include_last_offset=True: bag b is ids[offsets[b]:offsets[b + 1]], and
+    ids after offsets[-1] belong to no bag (they are still range-checked).
+    sparse=True: the weight gradient is a sparse COO tensor (eager mode).
+    """
+    input, offsets, include_last_offset = _check_embedding_bag(
+        input, weight, offsets, max_norm, scale_grad_by_freq, mode, sparse, per_sample_weights,
+        include_last_offset, padding_idx)
+    bounds = bounds_code(bounds_policy)
+    rows = weight.shape[0]
+    pad = -1 if padding_idx is None else (padding_idx + rows if padding_idx < 0 else padding_idx)
+    psw = per_sample_weights
+    if psw is not None and psw.is_nested:
+        psw = psw.values()
+    fixed, offs, trim = 0, None, None
+    if input.dim() == 2:
+        bags, length = input.shape
+        indices = input.reshape(-1)
+        if psw is not None:
+            psw = psw.reshape(-1)
+        if mode != "none":
+            if length > 0:
+                fixed = length
+            else:
+                offs = torch.zeros(bags + 1, dtype=input.dtype, device=input.device)
+    else:
+        indices = input
+        if mode != "none":
+            offs = offsets.to(indices.dtype)
+            nnz = indices.shape[0]
+            if not include_last_offset:
+                if offsets.numel() == 0:  # no bags
+                    offs, trim = _with_end(offs.new_zeros(1), nnz), 0
+                else:
+                    offs = _with_end(offs, nnz)
+            elif torch.compiler.is_compiling():
+                # Ids after offsets[-1] go to an extra bag, sliced off (eager
+                # mode does this only when offsets[-1] < nnz, see below).
+                offs, trim = _with_end(offs, nnz), offsets.numel() - 1
+    if psw is not None:
+        psw = psw.to(torch.float32)
+    lookup = (_MODES[mode], pad, bounds, fixed)
+    use_sparse = sparse and torch.is_grad_enabled() and weight.requires_grad
+
+    def run(o):
+        if use_sparse:
+            return _SparseLookup.apply(weight, psw, indices, o, lookup, output_dtype)
+        return torch.ops.spembed.embedding_bag(weight, indices, o, psw, *lookup, output_dtype)[0]
+
+    if torch.compiler.is_compiling():
+        out = run(offs)
+    else:
+        def attempt(o):
+            try:
+                return run(o)
+            except IndexError as e:
+                raise IndexOutOfRangeError(_id_problem(input, rows, pad, str(e))) from None
+            except NotImplementedError as e:
+                raise NotSupportedError(str(e)) from None
+            except ValueError as e:
+                raise InvalidArgumentError(str(e)) from None
+
+        try:
+            out = attempt(offs)
+        except InvalidArgumentError as e:
+            if offsets is None or offs is None or trim is not None:
+                raise
+            problem = _offsets_problem(offsets, indices.shape[0], include_last_offset)
+            if problem is not None:
+                raise InvalidArgumentError(problem) from None
+            if not (include_last_offset and int(offsets[-1]) < indices.shape[0]):
+                raise
+            # offsets[-1] < nnz with include_last_offset=True: the ids after
+            # it go to an extra bag whose row is sliced off.
+            trim = offsets.numel() - 1
+            out = attempt(_with_end(offs, indices.shape[0]))
+    return out if trim is None else out.narrow(0, 0, trim)
+
+
+class _SparseLookup(torch.autograd.Function):
+    """The lookup with a row-sparse (coalesced COO) weight gradient; the
+    per-sample-weight gradient, when asked for, comes from the dense
+    backward op with the weight gradient turned off."""
+
+    @staticmethod
+    def forward(ctx, weight, psw, indices, offsets, lookup, output_dtype):
+        out, argmax = torch.ops.spembed.embedding_bag(weight, indices, offsets, psw, *lookup,
+                                                      output_dtype)
+        ctx.lookup = lookup
+        ctx.save_for_backward(weight, indices, offsets, psw, argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, indices, offsets, psw, argmax = ctx.saved_tensors
+        grad_weight = grad_psw = None
+        if ctx.needs_input_grad[0]:
+            ids, rows = torch.ops.spembed.embedding_bag_backward_sparse(
+                grad_output, weight, indices, offsets, psw, argmax, *ctx.lookup)
+            grad_weight = torch.sparse_coo_tensor(ids.to(torch.int64).unsqueeze(0), rows,
+                                                  weight.shape, is_coalesced=True,
+                                                  check_invariants=False)
+        if psw is not None and ctx.needs_input_grad[1]:
+            _, grad_psw = torch.ops.spembed.embedding_bag_backward(
+                grad_output, weight, indices, offsets, psw, argmax, *ctx.lookup,
+                _config.deterministic_backward, False, True)
+        return grad_weight, grad_psw, None, None, None, None
 
 def embedding_bag_batched(weights: Sequence[torch.Tensor], indices: torch.Tensor,
                           offsets: Optional[torch.Tensor], mode: str = "sum",
@@ -98,7 +310,8 @@ def embedding_bag_batched(weights: Sequence[torch.Tensor], indices: torch.Tensor
     [T * B + 1] (or None with fixed_bag_size); returns [B, sum of dims]."""
     if per_sample_weights is not None:
         per_sample_weights = per_sample_weights.to(torch.float32)
-    out, _ = torch.ops.spembed.embedding_bag_batched(
+    out, _ = call_op(
+        torch.ops.spembed.embedding_bag_batched,
         list(weights), indices, offsets, per_sample_weights, mode_code(mode),
         -1 if padding_idx is None else padding_idx, bounds_code(bounds_policy), fixed_bag_size,
         output_dtype)
@@ -115,7 +328,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     [total_k, kv_heads, head_dim], cu_seqlens_* int32 [B + 1]. causal aligns
     the mask bottom-right; window = (left, right) with -1 for unlimited.
     Returns O, and with return_lse also the log-sum-exp [heads, total_q]
-    (float32, not differentiable). Empty or fully masked rows give O = 0."""
+    (float32, not differentiable: it is marked so, requires_grad is False,
+    and a backward through it alone raises). Empty or fully masked rows give O = 0."""
     if scale is None:
         scale = 0.0  # the library's 1 / sqrt(head_dim)
     elif not math.isfinite(scale) or scale == 0.0:
@@ -125,11 +339,3 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q, k, v, cu_seqlens_q.to(torch.int32), cu_seqlens_k.to(torch.int32), causal,
         float(scale), int(left), int(right), int(max_seqlen_q), int(max_seqlen_k))
     return (out, lse) if return_lse else out
-
-
-def _padding(padding_idx: Optional[int], rows: int) -> int:
-    if padding_idx is None:
-        return -1
-    if not -rows <= padding_idx < rows:
-        raise ValueError(f"spembed: padding_idx {padding_idx} must be within [-{rows}, {rows})")
-    return padding_idx + rows if padding_idx < 0 else padding_idx

@@ -125,6 +125,29 @@ def test_empty_and_masked_rows_give_zeros(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_lse_is_not_differentiable(device):
+    """The backward has no LSE term, so the LSE is marked non-differentiable:
+    requires_grad is False (also under torch.compile) and a loss through the
+    LSE alone raises instead of silently getting no gradient."""
+    q = torch.randn(5, 2, 8, device=device, requires_grad=True)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
+    out, lse = spembed.ops.varlen_attention(q, q, q, cu, cu, causal=True, return_lse=True)
+    assert out.requires_grad and not lse.requires_grad and lse.grad_fn is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        lse.sum().backward()
+    (out.sum() + lse.sum()).backward()  # O's gradient alone, as documented
+    g = q.grad.clone()
+    q.grad = None
+    spembed.ops.varlen_attention(q, q, q, cu, cu, causal=True).sum().backward()
+    torch.testing.assert_close(q.grad, g, rtol=0, atol=0)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: spembed.ops.varlen_attention(x, x, x, cu, cu, return_lse=True),
+                      fullgraph=True, backend="aot_eager")
+    out, lse = f(q)
+    assert out.requires_grad and not lse.requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_sasrec_block_runs_and_backprops(device):
     block = spembed.nn.SASRecBlock(16, 4, device=device)
     cu = torch.tensor([0, 4, 4, 11], dtype=torch.int32, device=device)

@@ -9,7 +9,8 @@
 //      entry: the forward on tensor cores (attention_mma_kernel.cuh) for
 //      fp16 / bf16 when use_mma_forward holds, the backward's dQ and dK/dV
 //      on tensor cores (attention_mma_bwd_kernel.cuh) when use_mma_backward
-//      holds, else the SIMT kernels (attention_kernel.cuh);
+//      holds (attention_dispatch.h: sm_80 or newer, fp16 / bf16, head dim
+//      and rows aligned), else the SIMT kernels (attention_kernel.cuh);
 //   3. the report, if p.report is set.
 // The host never reads cu_seqlens: grids come from ceil(total / rows) + B,
 // which bounds the number of tiles; blocks past the schedule's end exit.
@@ -20,6 +21,7 @@
 #include <type_traits>
 
 #include "kernels/attention.h"
+#include "kernels/attention_dispatch.h"
 #include "kernels/attention_kernel.cuh"
 #include "kernels/attention_mma_bwd_kernel.cuh"
 #include "kernels/attention_mma_kernel.cuh"
@@ -173,27 +175,36 @@ int forward_tpr(const AttentionParams& p) {
   return forward_rows_hint(p) <= kShortQueryRows ? 16 : 4;
 }
 
-// The tensor-core forward needs fp16 / bf16, head_dim a multiple of 8 up to
-// 128, and every row of q, k, v and out at a 16-byte boundary (cp.async and
-// the output stores move 16 bytes): base pointers 16-byte aligned, token and
-// head strides multiples of 8 elements.
+// Every row of a tensor at a 16-byte boundary: base pointer 16-byte aligned,
+// token and head strides multiples of 8 elements.
 bool rows_16_byte_aligned(const TokenTensor& t) {
   return reinterpret_cast<uintptr_t>(t.data) % 16 == 0 && t.token_stride % kMmaHeadDimAlign == 0 &&
          t.head_stride % kMmaHeadDimAlign == 0;
 }
 
-bool use_mma_forward(const AttentionParams& p) {
-  return (p.dtype == DType::kF16 || p.dtype == DType::kBF16) &&
-         p.head_dim % kMmaHeadDimAlign == 0 && p.head_dim <= kMmaMaxHeadDim &&
-         rows_16_byte_aligned(p.q) && rows_16_byte_aligned(p.k) && rows_16_byte_aligned(p.v) &&
-         rows_16_byte_aligned(p.out);
+// The current device's compute capability; 0 (SIMT only) if it cannot be read.
+int current_compute_capability() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    (void)cudaGetLastError();  // not the caller's error: the SIMT kernels still serve the call
+    return 0;
+  }
+  return compute_capability(major, minor);
+}
+
+bool use_mma_forward(const AttentionParams& p, int capability) {
+  return use_tensor_core_attention(capability, p.dtype, p.head_dim,
+                                   rows_16_byte_aligned(p.q) && rows_16_byte_aligned(p.k) &&
+                                       rows_16_byte_aligned(p.v) && rows_16_byte_aligned(p.out));
 }
 
 // The tensor-core backward: the forward's rule, for every tensor it reads or
 // writes (q, k, v, out, dout, dq, dk, dv).
-bool use_mma_backward(const AttentionParams& p) {
-  return use_mma_forward(p) && rows_16_byte_aligned(p.dout) && rows_16_byte_aligned(p.dq) &&
-         rows_16_byte_aligned(p.dk) && rows_16_byte_aligned(p.dv);
+bool use_mma_backward(const AttentionParams& p, int capability) {
+  return use_mma_forward(p, capability) && rows_16_byte_aligned(p.dout) &&
+         rows_16_byte_aligned(p.dq) && rows_16_byte_aligned(p.dk) && rows_16_byte_aligned(p.dv);
 }
 
 // Warps per block of the tensor-core forward: 1 (16 queries) when sequences
@@ -208,7 +219,7 @@ int mma_forward_warps(const AttentionParams& p) {
 int attention_forward_cuda(const AttentionParams& p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const Workspace w = carve(p);
-  const bool mma = use_mma_forward(p);
+  const bool mma = use_mma_forward(p, current_compute_capability());
   const int mma_warps = mma_forward_warps(p);
   const int tpr = forward_tpr(p);
   const int q_rows = mma ? attention_mma_rows(mma_warps) : attention_rows(tpr);
@@ -235,7 +246,7 @@ int attention_backward_cuda(const AttentionParams& p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const Workspace w = carve(p);
   const int max_d = p.head_dim <= 32 ? 32 : p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
-  const bool mma = use_mma_backward(p);
+  const bool mma = use_mma_backward(p, current_compute_capability());
   // Both schedules (q tiles of dQ, k tiles of dK/dV) use the same row count.
   const int rows = mma ? kMmaBwdRows : attention_rows(attention_backward_tpr(max_d));
   if (const int error = launch_plan(p, w, rows, rows, stream)) return error;

@@ -87,16 +87,15 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/attention_dispatch.h"
 #include "kernels/attention_kernel.cuh"
 #include "kernels/kernel_launch.cuh"
 #include "kernels/ptx.cuh"
 
 namespace spembed::detail {
 
-constexpr int kMmaKeyTile = 64;      // keys per K / V tile
-constexpr int kMmaWarpRows = 16;     // query rows per warp: the M of m16n8k16
-constexpr int kMmaMaxHeadDim = 128;  // largest head_dim bucket of the tensor-core path
-constexpr int kMmaHeadDimAlign = 8;  // head_dim and strides: multiples of 16 bytes of fp16
+constexpr int kMmaKeyTile = 64;   // keys per K / V tile
+constexpr int kMmaWarpRows = 16;  // query rows per warp: the M of m16n8k16
 constexpr int attention_mma_rows(int warps) { return kMmaWarpRows * warps; }
 
 // Mutation checks of the emulation build (tests/emulator/CMakeLists.txt

@@ -682,6 +682,38 @@ TEST_F(AttentionGpu, DispatchRunsEveryKernelVariant) {
   }
 }
 
+// The tensor-core kernels need sm_80 (cp.async, bf16 mma): on an older
+// device a call they would serve runs the SIMT kernels, with the same
+// results. On a GPU: the device's own capability decides. In the emulation
+// build the emulated device also reports sm_75 and sm_80, so each side of
+// the rule runs end to end.
+TEST_F(AttentionGpu, TensorCoresOnlyFromSm80) {
+  int device = 0, major = 0, minor = 0;
+  SPEMBED_CUDA_CHECK(cudaGetDevice(&device));
+  SPEMBED_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  SPEMBED_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  std::vector<int> capabilities = {major * 10 + minor};
+#if defined(SPEMBED_EMULATION)
+  capabilities = {75, 80, 90};
+#endif
+  const Shape s{{17, 3}, {40, 20}, 2, 1, 64, true};
+  for (int capability : capabilities) {
+#if defined(SPEMBED_EMULATION)
+    const int previous = spembed::emu::set_compute_capability(capability);
+#endif
+    for (DLDataType t : {kF16, kBF16}) {
+      SCOPED_TRACE(describe(s, t) + " sm_" + std::to_string(capability));
+      AttentionData d = make_case(s, t, 12000 + static_cast<uint64_t>(t.code));
+      const PathWatch watch;
+      expect_matches_reference(d, run(d, true), true);
+      watch.expect_path(capability >= 80, true);
+    }
+#if defined(SPEMBED_EMULATION)
+    spembed::emu::set_compute_capability(previous);
+#endif
+  }
+}
+
 TEST_F(AttentionGpu, BadOffsetsWriteNothingAndAreReported) {
   AttentionCase c;
   c.heads = 2;

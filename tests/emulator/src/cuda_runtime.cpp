@@ -9,6 +9,7 @@
 // hardware would need a new process; the emulator's tests use it to go on).
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +59,7 @@ struct Runtime {
   long long faults = 0;
   Stream default_stream;
   int device = 0;
+  std::atomic<int> compute_capability{90};
 };
 
 Runtime& rt() {
@@ -181,6 +183,8 @@ long long launches_of(const std::string& name_part) {
 }
 long long faults_found() { return rt().faults; }
 
+int set_compute_capability(int capability) { return rt().compute_capability.exchange(capability); }
+
 }  // namespace spembed::emu
 
 using spembed::emu::fail;
@@ -275,8 +279,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = kDefaultMaxDynamicSmem; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = kOptInMaxDynamicSmem; break;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = kSmemPerSm; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrComputeCapabilityMajor: *value = rt().compute_capability / 10; break;
+    case cudaDevAttrComputeCapabilityMinor: *value = rt().compute_capability % 10; break;
     case cudaDevAttrWarpSize: *value = 32; break;
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = 2048; break;
     case cudaDevAttrMaxRegistersPerBlock: *value = 65536; break;
@@ -315,8 +319,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   prop->maxGridSize[0] = 2147483647;
   prop->maxGridSize[1] = 65535;
   prop->maxGridSize[2] = 65535;
-  prop->major = 9;
-  prop->minor = 0;
+  prop->major = rt().compute_capability / 10;
+  prop->minor = rt().compute_capability % 10;
   prop->multiProcessorCount = kSmCount;
   prop->maxThreadsPerMultiProcessor = 2048;
   prop->l2CacheSize = 50 * 1024 * 1024;

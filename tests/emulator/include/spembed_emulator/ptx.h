@@ -110,7 +110,7 @@ inline uint16_t ld_global_nc_no_allocate_b16(const void* p) {
 // the thread's committed groups are still pending. Only the issuing thread is
 // ordered after its copies: other threads see them after a barrier.
 //
-// Emulated as late as the ISA allows: the issue records the copy and fills the
+// Emulated as late as the ISA allows: issuing it records the copy and fills the
 // 16 destination bytes with the poison byte (the hardware may be writing them
 // at any time until the wait), and the data land in the issuing thread's
 // wait_group that covers the copy's group, read and written then, in that

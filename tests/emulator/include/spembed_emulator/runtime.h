@@ -45,6 +45,13 @@ long long launches_of(const std::string& name_part);
 // deadlocks.
 void set_seed(uint64_t seed);
 
+// The compute capability the emulated device reports (major * 10 + minor;
+// 90 at start-up, the H200's): cudaDeviceGetAttribute and
+// cudaGetDeviceProperties answer with it, so a test can show what the library
+// does on an older device (e.g. 75: no tensor-core attention). Returns the
+// previous value. Host code only.
+int set_compute_capability(int capability);
+
 // The byte every fresh device allocation and every block's dynamic shared
 // memory is filled with: as fp32 / fp16 / bf16 it is a NaN, as an index it is
 // -1 (or a huge unsigned), so a read of memory nobody wrote shows in results.

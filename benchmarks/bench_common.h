@@ -1,6 +1,6 @@
 // Machinery shared by the benchmarks of spembed_bench (embedding_bag_bench.cpp,
 // the forward; embedding_bag_backward_bench.cpp, the backward): configuration,
-// the issue's shapes and ids, DLPack views, device buffers, the GPU timing
+// the benchmark shapes and ids, DLPack views, device buffers, the GPU timing
 // with its L2 flush, and the results summary. See embedding_bag_bench.cpp for
 // the method (copy bandwidth, timing, CPU fallback).
 #pragma once
@@ -34,7 +34,7 @@ namespace spembed_bench {
 constexpr uint64_t kSeed = 0x5EED;  // the Python scripts use the same seed
 constexpr int kGpuWarmup = 3;       // first launch loads modules; then caches settle
 constexpr int kCpuWarmup = 1;
-// Reduction of the issue's shapes for the CPU path: keeps the whole CPU run
+// Reduction of the benchmark shapes for the CPU path: keeps the whole CPU run
 // under two minutes on two cores and its tables within a few hundred MB.
 constexpr int64_t kCpuBagDivisor = 64;
 constexpr int64_t kCpuRowDivisor = 100;
@@ -97,7 +97,7 @@ struct Shape {
   }
 };
 
-// The issue's shapes (README.md), reduced (bags / 64, rows / 100) for the CPU.
+// The benchmark shapes (benchmarks/README.md), reduced (bags / 64, rows / 100) for the CPU.
 std::vector<Shape> issue_shapes(bool reduced);
 
 // Ids of all tables, table-major; table t's ids use the generator's counters

@@ -1,7 +1,7 @@
 // spembed_bench: embedding bag forward (pooled lookup), spembed against the
-// stock paths, on the shapes of the issue. The backward's benchmarks live in
-// embedding_bag_backward_bench.cpp and register into the same binary; the
-// machinery both use is in bench_common.h.
+// stock paths, on the shapes listed in benchmarks/README.md. The backward's
+// benchmarks live in embedding_bag_backward_bench.cpp and register into the
+// same binary; the machinery both use is in bench_common.h.
 //
 // Peers, run one after another on the same inputs in the same process:
 //   spembed   spembed_embedding_bag_forward / _batched_forward (C API, default

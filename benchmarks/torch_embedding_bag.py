@@ -4,9 +4,9 @@
 The PyTorch column of the embedding bag benchmark. It mirrors spembed_bench
 (benchmarks/embedding_bag_bench.cpp):
 
-* shapes: the issue's (and the same names), fp32 and fp16 tables, SUM pooling
-  plus one MEAN case, int64 ids, offsets of length bags + 1
-  (include_last_offset=True);
+* shapes: those of benchmarks/README.md (and the same names), fp32 and fp16
+  tables, SUM pooling plus one MEAN case, int64 ids, offsets of length
+  bags + 1 (include_last_offset=True);
 * ids: the same counter-based generator and Zipf inverse CDF as
   benchmarks/id_sampler.cpp, so the ids are the same up to floating-point
   rounding at the CDF's boundaries (pow and the cumulative sum may round

@@ -3,7 +3,7 @@
 
 The PyTorch column of the backward benchmark (embedding_bag_backward_bench.cpp):
 
-* shapes, ids, tables: those of torch_embedding_bag.py (the issue's shapes,
+* shapes, ids, tables: those of torch_embedding_bag.py (the benchmark shapes,
   the same counter-based ids; uniform, Zipf(1.05), Zipf(1.2) on every shape
   and hot30, one row taking 30% of the lookups, on the first), fp32 tables,
   SUM pooling, int64 ids and offsets (include_last_offset=True); grad_output

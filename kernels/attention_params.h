@@ -20,7 +20,7 @@
 
 namespace spembed::detail {
 
-// Largest head_dim any path serves (DESIGN.md: 1..256).
+// Largest head_dim any path serves (docs/design.md: 1..256).
 constexpr int kAttentionMaxHeadDim = 256;
 
 // A [tokens, heads, head_dim] tensor.

@@ -11,7 +11,8 @@ dtype, pooling) gets one row per peer: median time, GB/s by the byte model,
 % of the copy bandwidth spembed_bench measured, and spembed's speedup (the
 peer's time over spembed's; on spembed's own row, over the fastest other
 peer). Torch rows are rescaled to spembed_bench's copy bandwidth so the
-column compares like with like. A second table checks the issue's targets.
+column compares like with like. A second table checks the targets (the
+constants below; docs/design.md, "Benchmarks").
 
 The backward's benchmarks (names ebb/...) get their own tables: each case
 (shape, ids, output: grad, rows, or an optimizer) one row per peer (spembed =
@@ -27,7 +28,7 @@ table: a row per (shape, dtype, direction), the peers side by side (median
 us, TFLOP/s by the FLOP model, and spembed's speedup over that peer: the
 peer's time over spembed's), with torch_attention.py's peers merged in
 (--torch-attention; the table is complete without it, on CPU runs too). Then
-the issue's attention targets (GPU runs), judged per case: fp16 / bf16
+the attention targets (GPU runs), judged per case: fp16 / bf16
 forward >= 1.2x FA2 varlen (the faster of torch_varlen and
 flash_attn_varlen) and >= 2x the best padded SDPA backend; backward >= 1.0x
 FA2 varlen; fp32 (forward and backward) >= 2x torch's memory-efficient SDPA;
@@ -240,10 +241,10 @@ def bandwidth_rows(lead, case_rows, is_rival):
 def targets_table(checks, gpu):
     lines = [""]
     if not gpu:
-        lines.append("CPU smoke run on reduced shapes: the issue's targets apply to GPU runs only.")
+        lines.append("CPU smoke run on reduced shapes: the targets apply to GPU runs only.")
         lines.append("")
         return lines
-    lines.append("Targets (from the issue):")
+    lines.append("Targets:")
     lines.append("")
     lines.append("| case | target | value | met |")
     lines.append("|---|---|---:|---|")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: build spembed and spembed_bench, run the embedding bag
-# benchmarks and print their markdown report. On a GPU: the shapes,
+# benchmarks and print their markdown report. On a GPU: the benchmark shapes,
 # the forward against cuSPARSE SpMM and a naive kernel, the backward (alone and
 # with each fused optimizer) against its atomic path and a stock atomicAdd
 # kernel, plus PyTorch's forward and backward + optimizer step when PyTorch

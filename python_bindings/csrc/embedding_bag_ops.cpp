@@ -28,10 +28,11 @@ using OptTensor = std::optional<at::Tensor>;
 spembed_embedding_bag_options_t make_options(const LookupArgs& a) {
   spembed_embedding_bag_options_t o;
   spembed_embedding_bag_options_init(&o);
-  TORCH_CHECK_VALUE(a.mode >= 0 && a.mode <= 3, "spembed: mode ", a.mode,
-                    " must be 0 (sum), 1 (mean), 2 (max) or 3 (none)");
-  TORCH_CHECK_VALUE(a.bounds_policy == 0 || a.bounds_policy == 1, "spembed: bounds_policy ",
-                    a.bounds_policy, " must be 0 (error) or 1 (skip)");
+  TORCH_CHECK_VALUE(a.mode >= SPEMBED_POOLING_SUM && a.mode <= SPEMBED_POOLING_NONE,
+                    "spembed: mode ", a.mode, " must be 0 (sum), 1 (mean), 2 (max) or 3 (none)");
+  TORCH_CHECK_VALUE(a.bounds_policy == SPEMBED_BOUNDS_ERROR ||
+                        a.bounds_policy == SPEMBED_BOUNDS_SKIP,
+                    "spembed: bounds_policy ", a.bounds_policy, " must be 0 (error) or 1 (skip)");
   o.pooling = static_cast<spembed_pooling_t>(a.mode);
   o.padding_idx = a.padding_idx < 0 ? -1 : a.padding_idx;
   o.bounds_policy = static_cast<spembed_bounds_policy_t>(a.bounds_policy);
@@ -148,7 +149,8 @@ std::vector<at::Tensor> usable_tables(const std::vector<at::Tensor>& weights) {
 spembed_optimizer_options_t make_optimizer(const OptimizerArgs& o) {
   spembed_optimizer_options_t opt;
   spembed_optimizer_options_init(&opt);
-  TORCH_CHECK_VALUE(o.optimizer >= 0 && o.optimizer <= 3, "spembed: optimizer ", o.optimizer,
+  TORCH_CHECK_VALUE(o.optimizer >= SPEMBED_OPTIMIZER_SGD && o.optimizer <= SPEMBED_OPTIMIZER_ADAM,
+                    "spembed: optimizer ", o.optimizer,
                     " must be 0 (sgd), 1 (adagrad), 2 (rowwise_adagrad) or 3 (adam)");
   opt.optimizer = static_cast<spembed_optimizer_t>(o.optimizer);
   opt.learning_rate = static_cast<float>(o.lr);

@@ -11,8 +11,10 @@
 namespace spembed_torch {
 
 // The lookup options every embedding bag op takes (see spembed.h):
-// mode 0 sum, 1 mean, 2 max, 3 none; padding_idx < 0 for none; bounds_policy
-// 0 error, 1 skip; fixed_bag_size > 0 with offsets None.
+// mode a spembed_pooling_t (0 sum, 1 mean, 2 max, 3 none); padding_idx < 0
+// for none; bounds_policy a spembed_bounds_policy_t (0 error, 1 skip);
+// fixed_bag_size > 0 with offsets None. The schemas take int64_t; the ops
+// check the range and cast (make_options). Python: spembed/_enums.py.
 struct LookupArgs {
   int64_t mode;
   int64_t padding_idx;
@@ -20,7 +22,7 @@ struct LookupArgs {
   int64_t fixed_bag_size;
 };
 
-// optimizer 0 sgd, 1 adagrad, 2 rowwise adagrad, 3 adam.
+// optimizer a spembed_optimizer_t (0 sgd, 1 adagrad, 2 rowwise adagrad, 3 adam).
 struct OptimizerArgs {
   int64_t optimizer;
   double lr, eps, beta1, beta2, weight_decay;

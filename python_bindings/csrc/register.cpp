@@ -5,7 +5,9 @@
 // Common arguments: pooling 0 sum, 1 mean, 2 max, 3 none; padding_idx < 0 for
 // none; bounds_policy 0 error, 1 skip; fixed_bag_size > 0 replaces offsets
 // (then None) for bags of equal size. Offsets are [bags + 1] (the last is nnz);
-// torch's include_last_offset=False form is converted in Python.
+// torch's include_last_offset=False form is converted in Python. pooling,
+// bounds_policy and optimizer are values of spembed.h's spembed_pooling_t,
+// spembed_bounds_policy_t and spembed_optimizer_t (Python: spembed/_enums.py).
 #include <torch/library.h>
 
 #include "embedding_bag_ops.h"

@@ -2,6 +2,9 @@
 PyTorch custom ops (``torch.ops.spembed.*``) with autograd, fake (meta)
 kernels for ``torch.compile``, and ``spembed.nn`` modules.
 
+The C enums of spembed.h are mirrored as IntEnums (spembed/_enums.py):
+spembed.Pooling, BoundsPolicy, Optimizer, ...; the raw ops take their values.
+
 Importing the package loads ``libspembed_torch.so`` (installed beside this
 file; ``SPEMBED_TORCH_LIBRARY`` may point at another build of it).
 """
@@ -21,6 +24,8 @@ def _library_path():
 
 _torch.ops.load_library(_library_path())
 
+from ._enums import (AttentionMask, BackwardAlgorithm, BoundsPolicy, Optimizer,  # noqa: E402
+                     Pooling, ReportField, Status)
 from . import _meta  # noqa: E402,F401  (fake kernels)
 from . import _autograd  # noqa: E402,F401  (autograd formulas)
 from . import errors  # noqa: E402
@@ -30,4 +35,5 @@ from . import ops  # noqa: E402
 from . import nn  # noqa: E402
 
 __all__ = ["ops", "nn", "errors", "InvalidArgumentError", "IndexOutOfRangeError",
-           "ConstructorArgumentError", "NotSupportedError", "__version__"]
+           "ConstructorArgumentError", "NotSupportedError", "Status", "Pooling", "BoundsPolicy",
+           "ReportField", "BackwardAlgorithm", "Optimizer", "AttentionMask", "__version__"]

@@ -5,12 +5,11 @@ backward, is an unbacked symbolic size from ctx.new_dynamic_size(), as
 torch.library documents for data-dependent output shapes."""
 import torch
 
-_NONE = 3
-_MAX = 2
+from ._enums import Pooling
 
 
 def _bags(indices, offsets, pooling, fixed_bag_size, num_tables=1):
-    if pooling == _NONE:
+    if pooling == Pooling.NONE:
         return indices.shape[0]
     if fixed_bag_size > 0:
         return indices.shape[0] // (fixed_bag_size * num_tables)
@@ -24,7 +23,7 @@ def _embedding_bag(weight, indices, offsets, per_sample_weights, pooling, paddin
     bags = _bags(indices, offsets, pooling, fixed_bag_size)
     out = weight.new_empty((bags, weight.shape[1]),
                            dtype=output_dtype if output_dtype is not None else weight.dtype)
-    argmax = indices.new_empty((bags, weight.shape[1]) if pooling == _MAX else (0,))
+    argmax = indices.new_empty((bags, weight.shape[1]) if pooling == Pooling.MAX else (0,))
     return out, argmax
 
 
@@ -58,7 +57,7 @@ def _embedding_bag_batched(weights, indices, offsets, per_sample_weights, poolin
     total = sum(w.shape[1] for w in weights)
     out = weights[0].new_empty(
         (b, total), dtype=output_dtype if output_dtype is not None else weights[0].dtype)
-    argmax = indices.new_empty((b, total) if pooling == _MAX else (0,))
+    argmax = indices.new_empty((b, total) if pooling == Pooling.MAX else (0,))
     return out, argmax
 
 

@@ -23,7 +23,9 @@ NotSupportedError(NotImplementedError, ValueError)
 NotImplementedError is itself a RuntimeError. per_sample_weights with mode
 'mean' / 'max' raise a plain NotImplementedError, as torch does. The raw ops
 (torch.ops.spembed.*) raise plain ValueError / IndexError /
-NotImplementedError.
+NotImplementedError for the library's statuses (spembed.Status)
+INVALID_ARGUMENT and WORKSPACE_TOO_SMALL / INDEX_OUT_OF_RANGE / NOT_SUPPORTED,
+and RuntimeError for the others.
 """
 
 __all__ = ["InvalidArgumentError", "IndexOutOfRangeError", "ConstructorArgumentError",

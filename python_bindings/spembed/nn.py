@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from . import ops as _ops
+from ._enums import OPTIMIZER_STATES
 from .errors import ConstructorArgumentError, InvalidArgumentError, NotSupportedError
 
 __all__ = ["EmbeddingBag", "EmbeddingBagCollection", "VarlenSelfAttention", "SASRecBlock"]
@@ -188,17 +189,13 @@ class EmbeddingBagCollection(torch.nn.Module):
                                 weight_decay=weight_decay, seed=seed,
                                 stochastic_rounding=stochastic_rounding)
             self.step = 0
+            states = OPTIMIZER_STATES[_ops.OPTIMIZERS[optimizer]]
             for t, w in enumerate(self.weights):
-                opt = optimizer
-                if opt in ("adagrad", "adam"):
-                    self.register_buffer(f"state1_{t}", torch.zeros(w.shape, device=w.device,
-                                                                    dtype=torch.float32))
-                elif opt == "rowwise_adagrad":
-                    self.register_buffer(f"state1_{t}", torch.zeros(w.shape[0], device=w.device,
-                                                                    dtype=torch.float32))
-                if opt == "adam":
-                    self.register_buffer(f"state2_{t}", torch.zeros(w.shape, device=w.device,
-                                                                    dtype=torch.float32))
+                for which, shape in enumerate(states, start=1):
+                    if shape is not None:
+                        size = w.shape if shape == "element" else w.shape[:1]
+                        self.register_buffer(f"state{which}_{t}", torch.zeros(
+                            size, device=w.device, dtype=torch.float32))
             # Makes the output require grad so that the backward (the fused
             # step) runs; it never receives a gradient.
             self._trigger = torch.zeros((), requires_grad=True)
@@ -267,8 +264,8 @@ class EmbeddingBagCollection(torch.nn.Module):
         h = self.hparams
         torch.ops.spembed.embedding_bag_batched_fused_step(
             list(self.weights), self._states(1), self._states(2), grad_output, indices, offsets,
-            psw, argmax, *lookup, _ops.OPTIMIZERS[self.optimizer], h["lr"], h["eps"], h["beta1"],
-            h["beta2"], h["weight_decay"], self.step, h["seed"] + self.step,
+            psw, argmax, *lookup, int(_ops.OPTIMIZERS[self.optimizer]), h["lr"], h["eps"],
+            h["beta1"], h["beta2"], h["weight_decay"], self.step, h["seed"] + self.step,
             h["stochastic_rounding"])
 
 

@@ -5,26 +5,32 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from . import _config
+from ._enums import BoundsPolicy, Optimizer, Pooling
 from .errors import (IndexOutOfRangeError, InvalidArgumentError, NotSupportedError)
 
-_MODES = {"sum": 0, "mean": 1, "max": 2, "none": 3}
-_BOUNDS = {"error": 0, "skip": 1}
-OPTIMIZERS = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
+# The string arguments of the Python API and the codes (spembed.h's enums,
+# mirrored in _enums.py) the ops take for them.
+_MODES = {"sum": Pooling.SUM, "mean": Pooling.MEAN, "max": Pooling.MAX, "none": Pooling.NONE}
+_BOUNDS = {"error": BoundsPolicy.ERROR, "skip": BoundsPolicy.SKIP}
+OPTIMIZERS = {"sgd": Optimizer.SGD, "adagrad": Optimizer.ADAGRAD,
+              "rowwise_adagrad": Optimizer.ROWWISE_ADAGRAD, "adam": Optimizer.ADAM}
 _TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
 def mode_code(mode: str) -> int:
+    """The ops' pooling code (int(Pooling.*)) of a mode string."""
     try:
-        return _MODES[mode]
+        return int(_MODES[mode])
     except KeyError:
         raise InvalidArgumentError(
             f"spembed: mode must be one of {sorted(_MODES)}, got {mode!r}") from None
 
 
 def bounds_code(policy: str) -> int:
+    """The ops' bounds_policy code (int(BoundsPolicy.*)) of a policy string."""
     try:
-        return _BOUNDS[policy]
+        return int(_BOUNDS[policy])
     except KeyError:
         raise InvalidArgumentError(
             f"spembed: bounds_policy must be one of {sorted(_BOUNDS)}, got {policy!r}") from None
@@ -232,7 +238,7 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
                 offs, trim = _with_end(offs, nnz), offsets.numel() - 1
     if psw is not None:
         psw = psw.to(torch.float32)
-    lookup = (_MODES[mode], pad, bounds, fixed)
+    lookup = (int(_MODES[mode]), pad, bounds, fixed)
     use_sparse = sparse and torch.is_grad_enabled() and weight.requires_grad
 
     def run(o):

@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/kernel_launch.cuh"
+#include "kernels/common/kernel_launch.cuh"
 
 namespace {
 
@@ -366,11 +366,10 @@ std::vector<int> match_lines(const std::string& text, const std::vector<std::str
 // The lines of the two barrier sites in a divergent-barrier report: the one
 // the reported thread waits at, then the other thread's.
 std::vector<int> barrier_lines(const std::string& report, const std::string& other_thread) {
-  return match_lines(report, {"divergent barrier: this thread waits at __syncthreads() at "
-                              "test_emulator_faults.cu:",
-                              ", thread " + other_thread +
-                                  " at __syncthreads() at test_emulator_faults.cu:",
-                              ""});
+  return match_lines(
+      report, {"divergent barrier: this thread waits at __syncthreads() at "
+               "test_emulator_faults.cu:",
+               ", thread " + other_thread + " at __syncthreads() at test_emulator_faults.cu:", ""});
 }
 
 TEST_F(EmulatorTest, BarrierInABranchHalfTheBlockTakesIsADivergentBarrier) {
@@ -435,9 +434,9 @@ TEST_F(EmulatorTest, ShuffleWaitingForALaneAtABarrierIsADeadlock) {
   const std::string report =
       expect_fault("shuffle_barrier_deadlock_kernel", "(0,0,0)", "(0,0,0)", faults);
   const std::vector<int> lines = match_lines(
-      report, {"deadlock: __shfl_sync with mask 0x00000003 at test_emulator_faults.cu:",
-               " waits for lane 1, which waits at __syncthreads() at test_emulator_faults.cu:",
-               ""});
+      report,
+      {"deadlock: __shfl_sync with mask 0x00000003 at test_emulator_faults.cu:",
+       " waits for lane 1, which waits at __syncthreads() at test_emulator_faults.cu:", ""});
   ASSERT_EQ(lines.size(), 2u) << report;
   EXPECT_LT(lines[0], lines[1]) << report;  // the shuffle comes first
 }
@@ -480,9 +479,9 @@ TEST_F(EmulatorTest, DynamicSharedMemoryOver48KiBNeedsTheAttribute) {
   EXPECT_EQ(spembed::emu::launches_of("large_smem_kernel"), launches);
   EXPECT_EQ(spembed::emu::last_fault(), "");
   // With it: runs, and all 64 KiB are usable.
-  ASSERT_EQ(cudaFuncSetAttribute(large_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 kBytes),
-            cudaSuccess);
+  ASSERT_EQ(
+      cudaFuncSetAttribute(large_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes),
+      cudaSuccess);
   launch_kernel(large_smem_kernel, 1, kThreads, kBytes, nullptr, out.get(), kInts);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -502,7 +501,7 @@ TEST_F(EmulatorTest, DynamicSharedMemoryOver48KiBNeedsTheAttribute) {
 
 TEST_F(EmulatorTest, NeverWrittenDeviceMemoryReachesTheOutputAsPoison) {
   constexpr int kCount = 64;
-  constexpr int kCopied = 48;   // the host uploads only these
+  constexpr int kCopied = 48;    // the host uploads only these
   constexpr int kComputed = 60;  // the kernel writes only these
   DeviceArray<float> in(kCount);
   DeviceArray<float> out(kCount);
@@ -565,8 +564,7 @@ TEST_F(EmulatorDeathTest, MissingSyncthreadsBeforeASharedReadIsADataRace) {
   // values are right.
   EXPECT_EXIT(
       {
-        const int misses =
-            run_neighbour_exchange<true>(kExchangeLaunches, &launches_with_miss);
+        const int misses = run_neighbour_exchange<true>(kExchangeLaunches, &launches_with_miss);
         std::exit(misses == 0 ? 0 : 1);
       },
       ::testing::ExitedWithCode(0), "");
@@ -845,8 +843,9 @@ TEST_F(EmulatorTest, MemcpyAndMemsetRunInStreamOrderWithKernels) {
   // upload, kernel, memset of the first half, copy back.
   std::vector<int> source(kCount);
   std::iota(source.begin(), source.end(), 10);
-  EXPECT_EQ(cudaMemcpyAsync(data.get(), source.data(), data.bytes(), cudaMemcpyHostToDevice, stream),
-            cudaSuccess);
+  EXPECT_EQ(
+      cudaMemcpyAsync(data.get(), source.data(), data.bytes(), cudaMemcpyHostToDevice, stream),
+      cudaSuccess);
   launch_kernel(add_one_kernel, (kCount + 127) / 128, 128, 0, stream, data.get(), kCount);
   EXPECT_EQ(cudaMemsetAsync(data.get(), 0, (kCount / 2) * sizeof(int), stream), cudaSuccess);
   EXPECT_EQ(cudaMemcpyAsync(host.data(), data.get(), data.bytes(), cudaMemcpyDeviceToHost, stream),

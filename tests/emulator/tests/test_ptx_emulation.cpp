@@ -19,22 +19,21 @@
 //     landing (not even in a later block);
 //   - faults: misaligned ldmatrix / cp.async addresses, addresses outside
 //     shared memory, and lanes of one warp at two different instruction forms.
-#include <gtest/gtest.h>
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "kernels/kernel_launch.cuh"
-#include "kernels/ptx.cuh"
+#include "kernels/common/kernel_launch.cuh"
+#include "kernels/common/ptx.cuh"
 #include "spembed_emulator/runtime.h"
 
 namespace {
@@ -225,7 +224,8 @@ TEST_F(PtxEmulation, MmaIsTheExactProductOnDyadicValues) {
       SCOPED_TRACE(std::string(bf16 ? "bf16" : "f16") + " rep " + std::to_string(rep));
       const MmaProblem p = make_mma_problem(rng, bf16, true);
       const std::vector<float> d = run_mma(p, bf16, false);
-      for (int i = 0; i < 16 * 8; ++i) ASSERT_EQ(double{d[i]}, p.ref[i]) << "row " << i / 8 << " col " << i % 8;
+      for (int i = 0; i < 16 * 8; ++i)
+        ASSERT_EQ(double{d[i]}, p.ref[i]) << "row " << i / 8 << " col " << i % 8;
     }
   }
 }
@@ -274,14 +274,20 @@ __global__ void ldmatrix_kernel(const uint16_t* m, const int* slot_of_row, uint3
   }
   uint32_t r[kMatrices];
   if constexpr (kMatrices == 1) {
-    if constexpr (kTrans) spembed::ptx::ldmatrix_sync_aligned_m8n8_x1_trans_shared_b16(r, address);
-    else spembed::ptx::ldmatrix_sync_aligned_m8n8_x1_shared_b16(r, address);
+    if constexpr (kTrans)
+      spembed::ptx::ldmatrix_sync_aligned_m8n8_x1_trans_shared_b16(r, address);
+    else
+      spembed::ptx::ldmatrix_sync_aligned_m8n8_x1_shared_b16(r, address);
   } else if constexpr (kMatrices == 2) {
-    if constexpr (kTrans) spembed::ptx::ldmatrix_sync_aligned_m8n8_x2_trans_shared_b16(r, address);
-    else spembed::ptx::ldmatrix_sync_aligned_m8n8_x2_shared_b16(r, address);
+    if constexpr (kTrans)
+      spembed::ptx::ldmatrix_sync_aligned_m8n8_x2_trans_shared_b16(r, address);
+    else
+      spembed::ptx::ldmatrix_sync_aligned_m8n8_x2_shared_b16(r, address);
   } else {
-    if constexpr (kTrans) spembed::ptx::ldmatrix_sync_aligned_m8n8_x4_trans_shared_b16(r, address);
-    else spembed::ptx::ldmatrix_sync_aligned_m8n8_x4_shared_b16(r, address);
+    if constexpr (kTrans)
+      spembed::ptx::ldmatrix_sync_aligned_m8n8_x4_trans_shared_b16(r, address);
+    else
+      spembed::ptx::ldmatrix_sync_aligned_m8n8_x4_shared_b16(r, address);
   }
   for (int i = 0; i < kMatrices; ++i) out[lane * kMatrices + i] = r[i];
 }
@@ -330,8 +336,8 @@ __global__ void ldmatrix_mma_kernel(const uint16_t* a, const uint16_t* b_kn, flo
                                     bool b_trans) {
   constexpr int kLd = 24;  // row stride in elements: 48 bytes
   auto* smem = dynamic_shared_memory<uint16_t>();
-  uint16_t* as = smem;              // [16][kLd]
-  uint16_t* bs = smem + 16 * kLd;   // [8][kLd] ([n][k]) or [16][kLd] ([k][n])
+  uint16_t* as = smem;             // [16][kLd]
+  uint16_t* bs = smem + 16 * kLd;  // [8][kLd] ([n][k]) or [16][kLd] ([k][n])
   const int lane = static_cast<int>(threadIdx.x);
   for (int e = lane; e < 256; e += 32) as[(e / 16) * kLd + e % 16] = a[e];
   for (int e = lane; e < 128; e += 32) {
@@ -346,8 +352,8 @@ __global__ void ldmatrix_mma_kernel(const uint16_t* a, const uint16_t* b_kn, flo
   const int i = lane / 8, r = lane % 8;
   uint32_t af[4];
   spembed::ptx::ldmatrix_sync_aligned_m8n8_x4_shared_b16(
-      af, static_cast<uint32_t>(
-              __cvta_generic_to_shared(as + (r + 8 * (i % 2)) * kLd + 8 * (i / 2))));
+      af,
+      static_cast<uint32_t>(__cvta_generic_to_shared(as + (r + 8 * (i % 2)) * kLd + 8 * (i / 2))));
   uint32_t bf[2];
   if (b_trans) {
     spembed::ptx::ldmatrix_sync_aligned_m8n8_x2_trans_shared_b16(
@@ -373,8 +379,8 @@ TEST_F(PtxEmulation, LdmatrixThenMmaIsTheProduct) {
       DeviceArray<uint16_t> a(p.a), b(p.b);
       DeviceArray<float> d(16 * 8);
       launch_kernel(ldmatrix_mma_kernel, 1, 32, (16 + 16) * 24 * 2, nullptr,
-                    static_cast<const uint16_t*>(a.ptr), static_cast<const uint16_t*>(b.ptr),
-                    d.ptr, bf16, b_trans);
+                    static_cast<const uint16_t*>(a.ptr), static_cast<const uint16_t*>(b.ptr), d.ptr,
+                    bf16, b_trans);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << spembed::emu::last_fault();
       const std::vector<float> got = d.get();
       for (int i = 0; i < 16 * 8; ++i) {
@@ -391,7 +397,8 @@ uint32_t shared_offset(const void* p) { return static_cast<uint32_t>(__cvta_gene
 // Thread k copies 16 bytes from src + 16 k with src-size sizes[k] into
 // shared memory, then (after wait_group 0 and a barrier) thread k + 1 (mod
 // n) copies them out: the reader is another thread.
-__global__ void cp_async_tail_kernel(const unsigned char* src, const int* sizes, unsigned char* out) {
+__global__ void cp_async_tail_kernel(const unsigned char* src, const int* sizes,
+                                     unsigned char* out) {
   auto* smem = dynamic_shared_memory<unsigned char>();
   const int n = static_cast<int>(blockDim.x);
   const int k = static_cast<int>(threadIdx.x);

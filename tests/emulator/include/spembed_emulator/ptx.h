@@ -1,4 +1,4 @@
-// The emulator's implementation of kernels/ptx.cuh: each PTX instruction the
+// The emulator's implementation of kernels/common/ptx.cuh: each PTX instruction the
 // kernels use, with the semantics the PTX ISA gives it, including the faults
 // hardware raises (a misaligned vector access is an error, not a slow load).
 #pragma once
@@ -18,7 +18,7 @@ namespace spembed::emu::ptx_emulation {
 // Collective ids: one per instruction form, so that lanes at two different
 // forms never meet in one collective.
 enum : int {
-  kCollectiveLdmatrix = kFirstUserCollective,        // + ldmatrix_form(): 6 forms
+  kCollectiveLdmatrix = kFirstUserCollective,  // + ldmatrix_form(): 6 forms
   kCollectiveMmaF16 = kCollectiveLdmatrix + 6,
   kCollectiveMmaBf16,
 };
@@ -197,7 +197,7 @@ inline void ldmatrix_sync_aligned_m8n8_x4_shared_b16(uint32_t (&r)[4], uint32_t 
 inline void ldmatrix_sync_aligned_m8n8_x4_trans_shared_b16(uint32_t (&r)[4], uint32_t address) {
   emulated::ldmatrix<4, true>(r, address);
 }
-// The .x1 / .x2 forms: not used by the kernels (kernels/ptx.cuh has none), here
+// The .x1 / .x2 forms: not used by the kernels (kernels/common/ptx.cuh has none), here
 // for the emulator's tests of the fragment tables.
 inline void ldmatrix_sync_aligned_m8n8_x1_shared_b16(uint32_t (&r)[1], uint32_t address) {
   emulated::ldmatrix<1, false>(r, address);
@@ -235,24 +235,23 @@ inline void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uin
   in.b[1] = b1;
   for (int i = 0; i < 4; ++i) in.c[i] = c[i];
   pe::MmaOut out{};
-  ::spembed::emu::warp_collective(
-      SPEMBED_EMU_SITE, bf16 ? pe::kCollectiveMmaBf16 : pe::kCollectiveMmaF16,
-      bf16 ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
-           : "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
-      0xffffffffu, &in, sizeof(in), &out, sizeof(out),
-      bf16 ? &pe::mma_bf16_compute : &pe::mma_f16_compute, nullptr);
+  ::spembed::emu::warp_collective(SPEMBED_EMU_SITE,
+                                  bf16 ? pe::kCollectiveMmaBf16 : pe::kCollectiveMmaF16,
+                                  bf16 ? "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+                                       : "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+                                  0xffffffffu, &in, sizeof(in), &out, sizeof(out),
+                                  bf16 ? &pe::mma_bf16_compute : &pe::mma_f16_compute, nullptr);
   for (int i = 0; i < 4; ++i) c[i] = out.d[i];
 }
 }  // namespace emulated
 
-inline void mma_sync_aligned_m16n8k16_row_col_f32_f16_f16_f32(float (&c)[4],
-                                                             const uint32_t (&a)[4], uint32_t b0,
-                                                             uint32_t b1) {
+inline void mma_sync_aligned_m16n8k16_row_col_f32_f16_f16_f32(float (&c)[4], const uint32_t (&a)[4],
+                                                              uint32_t b0, uint32_t b1) {
   emulated::mma_m16n8k16(c, a, b0, b1, false);
 }
 inline void mma_sync_aligned_m16n8k16_row_col_f32_bf16_bf16_f32(float (&c)[4],
-                                                               const uint32_t (&a)[4],
-                                                               uint32_t b0, uint32_t b1) {
+                                                                const uint32_t (&a)[4], uint32_t b0,
+                                                                uint32_t b1) {
   emulated::mma_m16n8k16(c, a, b0, b1, true);
 }
 

@@ -1,0 +1,20 @@
+// Entry points of the embedding bag forward implementations. host/ calls these
+// after validation; see embedding_bag_params.h for the preconditions.
+#pragma once
+
+#include "kernels/embedding_bag/embedding_bag_params.h"
+
+namespace spembed::detail {
+
+// CPU implementation, the oracle of the CUDA tests. Preconditions beyond the
+// params': offsets are well formed, and ids outside [0, rows) occur only under
+// SPEMBED_BOUNDS_SKIP (they are skipped). Writes the outputs only.
+void embedding_bag_forward_cpu(const EmbeddingBagForwardParams& p);
+
+// CUDA implementation. Queues on `stream` (a cudaStream_t): clearing the check
+// record in p.workspace, the device-side data checks, the lookup, and, when
+// p.report is set, the report. Returns the first launch error as a
+// cudaError_t value (0 on success). Does not synchronise.
+int embedding_bag_forward_cuda(const EmbeddingBagForwardParams& p, void* stream);
+
+}  // namespace spembed::detail

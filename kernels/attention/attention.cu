@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <cub/block/block_scan.cuh>
 #include <type_traits>
 
@@ -152,8 +154,16 @@ bool rows_16_byte_aligned(const TokenTensor& t) {
          t.head_stride % kMmaHeadDimAlign == 0;
 }
 
-// The current device's compute capability; 0 (SIMT only) if it cannot be read.
-int current_compute_capability() {
+// The compute capability the dispatch rule sees: the current device's; 0
+// (SIMT only) if it cannot be read, or when the environment variable
+// SPEMBED_ATTENTION_KERNELS=simt asks for the SIMT kernels on every call (an
+// internal override, so that tests and benchmarks run both variants on the
+// same inputs).
+int dispatch_compute_capability() {
+  if (const char* kernels = std::getenv("SPEMBED_ATTENTION_KERNELS");
+      kernels != nullptr && std::strcmp(kernels, "simt") == 0) {
+    return 0;
+  }
   int device = 0, major = 0, minor = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
@@ -189,7 +199,7 @@ int mma_forward_warps(const AttentionParams& p) {
 int attention_forward_cuda(const AttentionParams& p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const Workspace w = carve(p);
-  const bool mma = use_mma_forward(p, current_compute_capability());
+  const bool mma = use_mma_forward(p, dispatch_compute_capability());
   const int mma_warps = mma_forward_warps(p);
   const int tpr = forward_tpr(p);
   const int q_rows = mma ? attention_mma_rows(mma_warps) : attention_rows(tpr);
@@ -216,7 +226,7 @@ int attention_backward_cuda(const AttentionParams& p, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const Workspace w = carve(p);
   const int max_d = p.head_dim <= 32 ? 32 : p.head_dim <= 64 ? 64 : p.head_dim <= 128 ? 128 : 256;
-  const bool mma = use_mma_backward(p, current_compute_capability());
+  const bool mma = use_mma_backward(p, dispatch_compute_capability());
   // Both schedules (q tiles of dQ, k tiles of dK/dV) use the same row count.
   const int rows = mma ? kMmaBwdRows : attention_rows(attention_backward_tpr(max_d));
   if (const int error = launch_plan(p, w, rows, rows, stream)) return error;

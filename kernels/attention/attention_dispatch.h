@@ -1,7 +1,7 @@
 // Which attention kernels a call runs: a pure function of the device's
 // compute capability and the call's dtype, head dim and alignment, kept apart
 // from the kernels so that the CPU tests check every decision
-// (tests/test_attention_dispatch.cpp) without a device.
+// (tests/attention/test_attention_dispatch.cpp) without a device.
 #pragma once
 
 #include <cstdint>

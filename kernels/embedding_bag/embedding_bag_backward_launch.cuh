@@ -67,7 +67,7 @@ int launch_backward_batched_id_checks(const EmbeddingBagBackwardParams& p, cudaS
 int launch_backward_index_pipeline(const EmbeddingBagBackwardParams& p, BackwardWorkspace& ws,
                                    const BackwardLaunch& prepare_plan, cudaStream_t stream);
 
-// Lane-group kernels for one table dtype (embedding_bag_backward_reduce_<dtype>.cu).
+// Lane-group kernels for one table dtype (instantiated per dtype, CMakeLists.txt).
 // Bag-major: (a) by atomics and / or (d).
 template <typename TableT>
 int launch_backward_bag_kernel(const EmbeddingBagBackwardParams& p, const BackwardLaunch& plan,

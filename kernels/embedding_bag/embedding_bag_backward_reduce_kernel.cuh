@@ -1,5 +1,5 @@
 // Lane-group kernels of the CUDA embedding bag backward. Included only by the
-// per-table-dtype instantiation files embedding_bag_backward_reduce_<dtype>.cu.
+// per-table-dtype instantiation files kernels/embedding_bag/CMakeLists.txt generates.
 //
 // Column layout, shared by every kernel here: a group of G lanes (G a power of
 // two, 1..32) works on one row at a time; lane j owns V vectors of 4

@@ -1,6 +1,6 @@
 // Embedding bag lookup kernel: SUM, MEAN and MAX pooling, and NONE as bags of
-// one id. Included only by the per-dtype instantiation files
-// embedding_bag_pooled_<dtype>.cu.
+// one id. Included only by the per-dtype instantiation files that
+// kernels/embedding_bag/CMakeLists.txt generates.
 //
 // Grid mapping: one group of G lanes (G a power of two, 1..32) per work item
 // = (bag, column chunk); a block of kForwardBlockThreads holds

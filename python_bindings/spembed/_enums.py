@@ -82,7 +82,7 @@ class AttentionMask(IntEnum):
 # The state each fused optimizer keeps per table, as the C++ descriptor
 # (kernels/embedding_bag/optimizer_kinds.h) states it: (state1, state2), each
 # None, "element" ([rows, dim] float32) or "row" ([rows] float32).
-# tests/test_enums.py checks the two agree.
+# python_bindings/tests/test_enums.py checks the two agree.
 OPTIMIZER_STATES = {
     Optimizer.SGD: (None, None),
     Optimizer.ADAGRAD: ("element", None),

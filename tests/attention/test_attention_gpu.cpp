@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <initializer_list>
 #include <string>
 #include <utility>
@@ -97,6 +98,16 @@ const char* const kMmaDkv = "attention_mma_dkv_kernel<";
 
 // Watches the six families; expect_path checks that a forward (and backward)
 // ran on the tensor cores or on the SIMT kernels only.
+// Whether the current device is sm_80 or newer (the tensor-core kernels' floor).
+bool device_has_sm80() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return false;
+  }
+  return major >= 8;
+}
+
 struct PathWatch {
   LaunchWatch w{{kSimtForward, kSimtDq, kSimtDkv, kMmaForward, kMmaDq, kMmaDkv}};
   void expect_path(bool tensor_cores, bool backward) const {
@@ -711,6 +722,26 @@ TEST_F(AttentionGpu, TensorCoresOnlyFromSm80) {
 #if defined(SPEMBED_EMULATION)
     spembed::emu::set_compute_capability(previous);
 #endif
+  }
+}
+
+// SPEMBED_ATTENTION_KERNELS=simt (the internal override for tests and
+// benchmarks) runs the SIMT kernels on inputs the tensor-core kernels would
+// take; both match the reference on the same inputs.
+TEST_F(AttentionGpu, SimtOverrideRunsBothVariantsOnTheSameInputs) {
+  const Shape s{{17, 65}, {40, 65}, 2, 1, 64, true};
+  for (DLDataType t : {kF16, kBF16}) {
+    for (bool simt : {false, true}) {
+      SCOPED_TRACE(describe(s, t) + (simt ? " forced SIMT" : " default dispatch"));
+      if (simt) {
+        ASSERT_EQ(setenv("SPEMBED_ATTENTION_KERNELS", "simt", 1), 0);
+      }
+      AttentionData d = make_case(s, t, 13000 + static_cast<uint64_t>(t.code));
+      const PathWatch watch;
+      expect_matches_reference(d, run(d, true), true);
+      watch.expect_path(!simt && device_has_sm80(), true);
+      ASSERT_EQ(unsetenv("SPEMBED_ATTENTION_KERNELS"), 0);
+    }
   }
 }
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -54,6 +55,13 @@ class EmulatedCubTest : public ::testing::Test {
     std::vector<T> values(count);
     for (T& value : values) value = static_cast<T>(draw(rng_));
     return values;
+  }
+
+  // Fresh random keys and values, and different random contents for the
+  // alternate buffers (so that a write to them shows), n of each.
+  std::array<std::vector<uint32_t>, 4> random_pair_buffers(size_t n) {
+    return {random_vector<uint32_t>(n), random_vector<uint32_t>(n), random_vector<uint32_t>(n),
+            random_vector<uint32_t>(n)};
   }
 
   const uint64_t seed_;
@@ -259,10 +267,7 @@ TEST_F(EmulatedCubTest, SortPairsOfNoItemsChangesNothing) {
 }
 
 TEST_F(EmulatedCubTest, SortPairsOverAnEmptyBitRangeChangesNothing) {
-  const auto keys = random_vector<uint32_t>(1000);
-  const auto values = random_vector<uint32_t>(1000);
-  const auto leftover_keys = random_vector<uint32_t>(1000);
-  const auto leftover_values = random_vector<uint32_t>(1000);
+  const auto [keys, values, leftover_keys, leftover_values] = random_pair_buffers(1000);
   SortBuffers<uint32_t, uint32_t> buffers(keys, values, leftover_keys, leftover_values);
   ASSERT_EQ(sort_pairs(buffers, 1000, 7, 7), cudaSuccess);
   EXPECT_EQ(buffers.d_keys.selector, 0);
@@ -408,10 +413,7 @@ TEST_F(EmulatedCubTest, SortKeysMatchesStdSort) {
 // ---- DeviceRadixSort: the temporary-storage protocol -----------------------
 
 TEST_F(EmulatedCubTest, SortSizeQueryTouchesNothing) {
-  const auto keys = random_vector<uint32_t>(4096);
-  const auto values = random_vector<uint32_t>(4096);
-  const auto leftover_keys = random_vector<uint32_t>(4096);
-  const auto leftover_values = random_vector<uint32_t>(4096);
+  const auto [keys, values, leftover_keys, leftover_values] = random_pair_buffers(4096);
   SortBuffers<uint32_t, uint32_t> buffers(keys, values, leftover_keys, leftover_values);
   size_t temp_bytes = 0;
   ASSERT_EQ(
@@ -474,10 +476,7 @@ TEST_F(EmulatedCubTest, SortDoubleBufferFormNeedsNoCopyOfTheData) {
 }
 
 TEST_F(EmulatedCubTest, SortWithTooLittleStorageFailsAndWritesNothing) {
-  const auto keys = random_vector<uint32_t>(4096);
-  const auto values = random_vector<uint32_t>(4096);
-  const auto leftover_keys = random_vector<uint32_t>(4096);
-  const auto leftover_values = random_vector<uint32_t>(4096);
+  const auto [keys, values, leftover_keys, leftover_values] = random_pair_buffers(4096);
   SortBuffers<uint32_t, uint32_t> buffers(keys, values, leftover_keys, leftover_values);
   size_t temp_bytes = 0;
   ASSERT_EQ(
@@ -534,10 +533,7 @@ TEST_F(EmulatedCubTest, SortOverwritesAllOfTheTemporaryStorage) {
 }
 
 TEST_F(EmulatedCubTest, SortRejectsBadArgumentsAndWritesNothing) {
-  const auto keys = random_vector<uint32_t>(512);
-  const auto values = random_vector<uint32_t>(512);
-  const auto leftover_keys = random_vector<uint32_t>(512);
-  const auto leftover_values = random_vector<uint32_t>(512);
+  const auto [keys, values, leftover_keys, leftover_values] = random_pair_buffers(512);
   SortBuffers<uint32_t, uint32_t> buffers(keys, values, leftover_keys, leftover_values);
   Bytes temp(1 << 16, kUntouchedByte);
   const auto expect_rejected = [&](const char* what, int num_items, int begin_bit, int end_bit) {

@@ -255,6 +255,7 @@ void spembed_embedding_bag_options_init(spembed_embedding_bag_options_t* options
   options->padding_idx = -1;
   options->bounds_policy = SPEMBED_BOUNDS_ERROR;
   options->fixed_bag_size = 0;
+  options->scale_grad_by_freq = 0;
 }
 
 spembed_status_t spembed_embedding_bag_forward_workspace_size(spembed_handle_t handle,

@@ -158,6 +158,10 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
   const DLDevice device = side.device;
   const int64_t T = side.num_tables;
   const bool none = options.pooling == SPEMBED_POOLING_NONE;
+  if (options.scale_grad_by_freq != 0 && options.pooling == SPEMBED_POOLING_MAX) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                "options.scale_grad_by_freq: not supported with MAX pooling (as in torch)");
+  }
   SPEMBED_RETURN_IF_ERROR(
       check_lookup_inputs(device, T, r.indices, r.offsets, r.per_sample_weights, options, fp));
   const int64_t nnz = fp->nnz;
@@ -369,7 +373,9 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
   p->index_type = fp->index_type;
   p->pooling = options.pooling;
   p->bounds_policy = options.bounds_policy;
-  p->algorithm = algorithm;
+  // Scaling by frequency needs every row's ids grouped: the sorted reduction.
+  p->scale_grad_by_freq = options.scale_grad_by_freq != 0;
+  p->algorithm = p->scale_grad_by_freq ? SPEMBED_BACKWARD_DETERMINISTIC : algorithm;
   p->padding_idx = options.padding_idx;
   p->indices = fp->indices;
   p->nnz = nnz;

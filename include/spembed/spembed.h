@@ -101,6 +101,14 @@ typedef struct spembed_embedding_bag_options {
   int64_t padding_idx;                   /* < 0: none (default -1). The row contributes nothing and is not counted. */
   spembed_bounds_policy_t bounds_policy; /* default ERROR */
   int64_t fixed_bag_size;                /* > 0: every bag has this many ids and `offsets` must be NULL; default 0 */
+  /* Backward only (the forward ignores it): non-zero divides each row's
+   * gradient by the number of ids of that row in the call (padding and
+   * skipped ids not counted), as torch's scale_grad_by_freq. The row's sum is
+   * formed as documented at SPEMBED_BACKWARD_CHUNK, then divided once (one
+   * float32 rounding). It needs the rows grouped, so ATOMIC then runs the
+   * sorted reduction too. Not with MAX pooling (INVALID_ARGUMENT, as torch).
+   * Default 0. */
+  int scale_grad_by_freq;
 } spembed_embedding_bag_options_t;
 
 typedef struct spembed_handle_st* spembed_handle_t;
@@ -360,9 +368,10 @@ spembed_status_t spembed_embedding_bag_batched_backward(
  * -inf and zero gradients, never NaN.
  *
  * Numerics. Scores, softmax and accumulation in float32 on CUDA (float64 on
- * CPU). The CUDA kernels widen float16 / bfloat16 inputs to float32 on load
- * and compute on the CUDA cores (tensor-core kernels are planned; see
- * docs/attention.md).
+ * CPU). float16 / bfloat16 calls with head_dim a multiple of 8 up to 128 and
+ * 16-byte aligned rows run on tensor cores on sm_80 and newer (float32
+ * accumulation); the rest widen inputs to float32 and run on the CUDA cores
+ * (docs/attention.md).
  *
  * Data checks. On CPU the offsets are checked before anything is written and
  * a bad one fails the call (INVALID_ARGUMENT naming the entry). On CUDA the

@@ -186,6 +186,10 @@ class BackwardCpu {
           for (int32_t d = 0; d < dim; ++d) sum[d] = sum[d] + chunk[d];
         }
       }
+      if (p_.scale_grad_by_freq) {
+        const auto frequency = static_cast<float>(end - begin);
+        for (int32_t d = 0; d < dim; ++d) sum[d] = sum[d] / frequency;
+      }
       write_row(u, head.key, t, sum.data());
     }
   }

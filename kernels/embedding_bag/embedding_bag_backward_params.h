@@ -34,6 +34,8 @@ struct EmbeddingBagBackwardParams {
   spembed_pooling_t pooling = SPEMBED_POOLING_SUM;
   spembed_bounds_policy_t bounds_policy = SPEMBED_BOUNDS_ERROR;
   spembed_backward_algorithm_t algorithm = SPEMBED_BACKWARD_DETERMINISTIC;
+  // Each row's gradient divided by its number of ids (options.scale_grad_by_freq).
+  bool scale_grad_by_freq = false;
   int64_t padding_idx = -1;
 
   const void* indices = nullptr;

@@ -318,15 +318,28 @@ __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
   }
 }
 
-// The optimizer step and outputs of one row. sum_block(blk, g) puts the
-// row's reduced gradient for column block blk into g (it is called twice per
-// block of a row of several blocks under row-wise Adagrad, which needs the
-// whole row's sum of g'^2 first).
-template <typename TableT, typename SumBlock>
+// The optimizer step and outputs of one row, the run u of `len` ids.
+// reduce_block(blk, g) puts the row's sum for column block blk into g (it is
+// called twice per block of a row of several blocks under row-wise Adagrad,
+// which needs the whole row's sum of g'^2 first); with scale_grad_by_freq the
+// sum is then divided by len, as the CPU implementation does.
+template <typename TableT, typename ReduceBlock>
 __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p,
                                              const BackwardLaunch& plan, const Group& grp,
-                                             int64_t u, int64_t key, const BackwardTableMeta& t,
-                                             SumBlock&& sum_block) {
+                                             int64_t u, int64_t key, int64_t len,
+                                             const BackwardTableMeta& t,
+                                             ReduceBlock&& reduce_block) {
+  const auto sum_block = [&](uint32_t blk, const Sums& g) {
+    reduce_block(blk, g);
+    if (!p.scale_grad_by_freq) return;
+    const auto frequency = static_cast<float>(len);
+#pragma unroll
+    for (int v = 0; v < kMaxVecPerLane; ++v) {
+      if (v >= plan.vec_per_lane) continue;
+#pragma unroll
+      for (int e = 0; e < kColsPerVec; ++e) g(v, e) = __fdiv_rn(g(v, e), frequency);
+    }
+  };
   const uint32_t W = grp.lanes * plan.vec_per_lane * kColsPerVec;
   const uint32_t num_blocks = backward_column_blocks(t.dim, W);
   const bool rowwise =
@@ -527,7 +540,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
       }
       continue;
     }
-    row_epilogue<TableT>(p, plan, grp, u, key, t, [&](uint32_t blk, const Sums& g) {
+    row_epilogue<TableT>(p, plan, grp, u, key, len, t, [&](uint32_t blk, const Sums& g) {
       sum_entries<GradT, kMax>(p, ws, plan, grp, kind, start, start + len, id, t, blk, g);
     });
   }
@@ -552,7 +565,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
     const int64_t first_partial = ld_pos(ws.run_partial, u, ws.wide);
     const int64_t chunks = (len + SPEMBED_BACKWARD_CHUNK - 1) / SPEMBED_BACKWARD_CHUNK;
     const bool part_vec = p.max_dim % 4 == 0 && t.dim % 4 == 0;
-    row_epilogue<TableT>(p, plan, grp, u, key, t, [&](uint32_t blk, const Sums& g) {
+    row_epilogue<TableT>(p, plan, grp, u, key, len, t, [&](uint32_t blk, const Sums& g) {
       for (int64_t c = 0; c < chunks; ++c) {
         const float* partial = ws.partials + (first_partial + c) * p.max_dim;
 #pragma unroll

@@ -506,6 +506,7 @@ Problem make_problem(const ProblemSpec& spec) {
   p.options.padding_idx = spec.padding_idx;
   p.options.bounds_policy = spec.bounds_policy;
   p.options.fixed_bag_size = spec.fixed_bag_size;
+  p.options.scale_grad_by_freq = spec.scale_grad_by_freq ? 1 : 0;
 
   p.expected = reference_forward(p);
   return p;

@@ -185,6 +185,7 @@ struct ProblemSpec {
   int64_t fixed_bag_size = 0;
   int64_t padding_idx = -1;
   spembed_bounds_policy_t bounds_policy = SPEMBED_BOUNDS_ERROR;
+  bool scale_grad_by_freq = false;  // options.scale_grad_by_freq (the backward's)
   // Fraction of ids made out of range (negative or >= rows), for SKIP tests.
   double bad_id_fraction = 0.0;
   // Fraction of ids set to padding_idx (when padding_idx >= 0).

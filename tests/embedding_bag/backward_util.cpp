@@ -240,20 +240,49 @@ BackwardExpected reference_backward(const BackwardProblem& bp) {
     }
   }
   e.touched.assign(touched.begin(), touched.end());
+  // scale_grad_by_freq: each row's gradient over its number of valid ids in
+  // the call (all bags of its table; padding and skipped ids excluded).
+  std::vector<std::vector<int64_t>> frequency;
+  if (p.spec.scale_grad_by_freq) {
+    for (int64_t t = 0; t < p.num_tables; ++t) {
+      frequency.emplace_back(static_cast<size_t>(p.spec.rows), 0);
+    }
+    for (int64_t g = 0; g < bags; ++g) {
+      const int64_t t = none ? 0 : g / p.bags_per_table;
+      const int64_t begin = none ? g : p.offsets[static_cast<size_t>(g)];
+      const int64_t end = none ? g + 1 : p.offsets[static_cast<size_t>(g) + 1];
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t id = p.ids[static_cast<size_t>(i)];
+        if (is_valid(p, id)) ++frequency[static_cast<size_t>(t)][static_cast<size_t>(id)];
+      }
+    }
+    for (int64_t t = 0; t < p.num_tables; ++t) {
+      const int64_t dim = p.spec.dims[static_cast<size_t>(t)];
+      for (size_t k = 0; k < e.grad[static_cast<size_t>(t)].size(); ++k) {
+        const int64_t f = frequency[static_cast<size_t>(t)][k / static_cast<size_t>(dim)];
+        if (f > 0) {
+          e.grad[static_cast<size_t>(t)][k] /= static_cast<double>(f);
+          abs_sum[static_cast<size_t>(t)][k] /= static_cast<double>(f);
+        }
+      }
+    }
+  }
   // Bounds: each contribution is one float32 operation (or exact), the sum of
   // n of them in any order is within gamma(n) * sum |terms| (Higham, lemma
   // 3.1), and the final addition into grad_table one more rounding: so
   // gamma(n + 2) * (sum |c| + |initial|), the initial part added in the check.
   // Integer-valued data (multiples of 1/4) make every step exact, except
   // MEAN's division.
-  const bool exact = exact_weights && pooling != SPEMBED_POOLING_MEAN;
+  // The frequency division is one more rounding.
+  const int64_t extra_roundings = p.spec.scale_grad_by_freq ? 3 : 2;
+  const bool exact = exact_weights && pooling != SPEMBED_POOLING_MEAN && !p.spec.scale_grad_by_freq;
   for (int64_t t = 0; t < p.num_tables; ++t) {
     const int64_t dim = p.spec.dims[static_cast<size_t>(t)];
     e.grad_bound.emplace_back(abs_sum[static_cast<size_t>(t)].size(), 0.0);
     for (size_t k = 0; k < abs_sum[static_cast<size_t>(t)].size(); ++k) {
       const int64_t n = e.contributions[static_cast<size_t>(t)][k / static_cast<size_t>(dim)];
       e.grad_bound[static_cast<size_t>(t)][k] =
-          exact ? 0.0 : gamma32(n + 2) * abs_sum[static_cast<size_t>(t)][k];
+          exact ? 0.0 : gamma32(n + extra_roundings) * abs_sum[static_cast<size_t>(t)][k];
     }
   }
   return e;

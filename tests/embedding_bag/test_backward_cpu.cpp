@@ -121,6 +121,32 @@ TEST_F(BackwardCpu, HandComputedMean) {
   x.expect_sparse({1, 2, 3, 4});
 }
 
+// scale_grad_by_freq: bags {1, 3, 1}, {}, {0, 4, 4, 2} with go [1,2], [5,6],
+// [-1,.5]: row 1 (2 ids) (2 * [1,2]) / 2; row 3 (1 id) [1,2]; row 4 (2 ids)
+// (2 * [-1,.5]) / 2; row 2 (1 id) [-1,.5]; padding row 0 nothing. ATOMIC
+// gives the same (it runs the sorted reduction when scaling).
+TEST_F(BackwardCpu, HandComputedScaleGradByFreq) {
+  for (spembed_backward_algorithm_t algorithm :
+       {SPEMBED_BACKWARD_DETERMINISTIC, SPEMBED_BACKWARD_ATOMIC}) {
+    Tiny x(SPEMBED_POOLING_SUM);
+    x.options.scale_grad_by_freq = 1;
+    ASSERT_EQ(spembed_embedding_bag_backward(handle(), &x.args, &x.options, algorithm, nullptr,
+                                             nullptr, 0, nullptr),
+              SPEMBED_STATUS_SUCCESS)
+        << spembed_last_error();
+    x.expect_grad({0, 0, 1, 2, -1, 0.5f, 1, 2, -1, 0.5f});
+    x.expect_sparse({1, 2, 3, 4});
+  }
+  // Off by default: the same call sums.
+  Tiny plain(SPEMBED_POOLING_SUM);
+  EXPECT_EQ(plain.options.scale_grad_by_freq, 0);
+  ASSERT_EQ(
+      spembed_embedding_bag_backward(handle(), &plain.args, &plain.options,
+                                     SPEMBED_BACKWARD_DETERMINISTIC, nullptr, nullptr, 0, nullptr),
+      SPEMBED_STATUS_SUCCESS);
+  plain.expect_grad({0, 0, 2, 4, -1, 0.5f, 1, 2, -2, 1});
+}
+
 TEST_F(BackwardCpu, HandComputedMaxRepeatedRowsGetTheGradientOnce) {
   Tiny x(SPEMBED_POOLING_MAX);
   HostTensor out(kF32, {3, 2});
@@ -314,6 +340,49 @@ std::vector<OracleCase> oracle_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, BackwardOracle, ::testing::ValuesIn(oracle_cases()), oracle_name);
+
+// Every pooling, weights, padding, SKIP and a row over two chunks, with
+// scale_grad_by_freq, against the double reference; and the optimizer step
+// from the scaled gradient.
+TEST_F(BackwardCpu, ScaleGradByFreqMatchesReference) {
+  const std::pair<spembed_pooling_t, bool> modes[] = {{SPEMBED_POOLING_SUM, false},
+                                                      {SPEMBED_POOLING_SUM, true},
+                                                      {SPEMBED_POOLING_MEAN, false},
+                                                      {SPEMBED_POOLING_NONE, true}};
+  for (const auto& [pooling, weighted] : modes) {
+    for (bool step : {false, true}) {
+      SCOPED_TRACE(testing::Message()
+                   << "pooling " << pooling << " weighted " << weighted << " step " << step);
+      Rng rng(0xf7e0 + static_cast<uint64_t>(pooling));
+      BackwardSpec s;
+      s.fwd.pooling = pooling;
+      s.fwd.weighted = weighted;
+      s.fwd.dims = {7};
+      s.fwd.rows = 40;
+      s.fwd.bag_lengths = awkward_lengths(rng, 48);
+      s.fwd.padding_idx = 3;
+      s.fwd.padding_fraction = 0.1;
+      s.fwd.bounds_policy = SPEMBED_BOUNDS_SKIP;
+      s.fwd.bad_id_fraction = 0.05;
+      s.fwd.scale_grad_by_freq = true;
+      s.fwd.data = DataKind::kReal;
+      s.grad_data = DataKind::kReal;
+      s.step = step;
+      if (step) {
+        spembed_optimizer_options_init(&s.optimizer);
+        s.optimizer.optimizer = SPEMBED_OPTIMIZER_ADAGRAD;
+        s.optimizer.learning_rate = 0.1f;
+      }
+      BackwardProblem bp = make_backward_problem(s, handle());
+      const BackwardExpected e = reference_backward(bp);
+      const BackwardOutputs out = run(bp);
+      EXPECT_EQ(check_gradients("cpu", bp, out, e), 0);
+      if (step) {
+        EXPECT_EQ(check_optimizer("cpu", bp, out, e), 0);
+      }
+    }
+  }
+}
 
 TEST_F(BackwardCpu, EmptyInputTouchesNothing) {
   BackwardSpec s;

@@ -133,6 +133,16 @@ std::vector<BadCase> bad_cases() {
        },
        SPEMBED_STATUS_INVALID_ARGUMENT,
        {"argmax"}},
+      {"ScaleGradByFreqWithMax",
+       [](Valid& v) {
+         v.options.pooling = SPEMBED_POOLING_MAX;
+         v.options.scale_grad_by_freq = 1;
+         v.args.argmax = v.indices.dl();  // a valid call otherwise would need argmax
+         v.args.per_sample_weights = nullptr;
+         v.args.grad_per_sample_weights = nullptr;
+       },
+       SPEMBED_STATUS_INVALID_ARGUMENT,
+       {"options.scale_grad_by_freq", "MAX"}},
       {"ArgmaxWithoutMax",
        [](Valid& v) { v.args.argmax = v.indices.dl(); },
        SPEMBED_STATUS_INVALID_ARGUMENT,

@@ -232,8 +232,8 @@ ProblemSpec spec_for(const GpuParam& g) {
     const int64_t bags =
         g.bag_len == 0
             ? 64
-            : std::clamp<int64_t>(std::min(max_elements() / (g.bag_len * g.dim), max_ids() / g.bag_len),
-                                  1, 64);
+            : std::clamp<int64_t>(
+                  std::min(max_elements() / (g.bag_len * g.dim), max_ids() / g.bag_len), 1, 64);
     s.bag_lengths.assign(static_cast<size_t>(bags), g.bag_len);
     if (g.data == DataKind::kInt) {
       s.bounds_policy = SPEMBED_BOUNDS_SKIP;

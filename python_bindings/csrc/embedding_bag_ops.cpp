@@ -37,6 +37,7 @@ spembed_embedding_bag_options_t make_options(const LookupArgs& a) {
   o.padding_idx = a.padding_idx < 0 ? -1 : a.padding_idx;
   o.bounds_policy = static_cast<spembed_bounds_policy_t>(a.bounds_policy);
   o.fixed_bag_size = a.fixed_bag_size;
+  o.scale_grad_by_freq = a.scale_grad_by_freq != 0 ? 1 : 0;
   return o;
 }
 

@@ -13,13 +13,16 @@ namespace spembed_torch {
 // The lookup options every embedding bag op takes (see spembed.h):
 // mode a spembed_pooling_t (0 sum, 1 mean, 2 max, 3 none); padding_idx < 0
 // for none; bounds_policy a spembed_bounds_policy_t (0 error, 1 skip);
-// fixed_bag_size > 0 with offsets None. The schemas take int64_t; the ops
-// check the range and cast (make_options). Python: spembed/_enums.py.
+// fixed_bag_size > 0 with offsets None; scale_grad_by_freq non-zero divides
+// each row's gradient by its number of ids in the call (backward only: the
+// forward ignores it). The schemas take int64_t; the ops check the range and
+// cast (make_options). Python: spembed/_enums.py.
 struct LookupArgs {
   int64_t mode;
   int64_t padding_idx;
   int64_t bounds_policy;
   int64_t fixed_bag_size;
+  int64_t scale_grad_by_freq = 0;
 };
 
 // optimizer a spembed_optimizer_t (0 sgd, 1 adagrad, 2 rowwise adagrad, 3 adam).

@@ -8,6 +8,11 @@
 // torch's include_last_offset=False form is converted in Python. pooling,
 // bounds_policy and optimizer are values of spembed.h's spembed_pooling_t,
 // spembed_bounds_policy_t and spembed_optimizer_t (Python: spembed/_enums.py).
+// scale_grad_by_freq (the last argument, default 0): non-zero divides each
+// row's weight gradient (dense, row-sparse, or the one a fused step applies)
+// by the row's number of ids in the call, padding and skipped ids not
+// counted, as torch's scale_grad_by_freq. The forward ops take it too, ignore
+// it, and hand it to their autograd backward (spembed/_autograd.py).
 #include <torch/library.h>
 
 #include "embedding_bag_ops.h"
@@ -18,8 +23,8 @@ namespace {
 using OptTensor = std::optional<at::Tensor>;
 
 LookupArgs lookup(int64_t mode, int64_t padding_idx, int64_t bounds_policy,
-                  int64_t fixed_bag_size) {
-  return {mode, padding_idx, bounds_policy, fixed_bag_size};
+                  int64_t fixed_bag_size, int64_t scale_grad_by_freq = 0) {
+  return {mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq};
 }
 
 std::vector<at::Tensor> to_vector(at::TensorList list) { return {list.begin(), list.end()}; }
@@ -30,27 +35,32 @@ std::tuple<at::Tensor, at::Tensor> op_embedding_bag(const at::Tensor& weight,
                                                     const OptTensor& psw, int64_t mode,
                                                     int64_t padding_idx, int64_t bounds_policy,
                                                     int64_t fixed_bag_size,
-                                                    std::optional<at::ScalarType> output_dtype) {
-  return embedding_bag(weight, indices, offsets, psw,
-                       lookup(mode, padding_idx, bounds_policy, fixed_bag_size), output_dtype);
+                                                    std::optional<at::ScalarType> output_dtype,
+                                                    int64_t scale_grad_by_freq) {
+  return embedding_bag(
+      weight, indices, offsets, psw,
+      lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq), output_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> op_embedding_bag_backward(
     const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& indices,
     const OptTensor& offsets, const OptTensor& psw, const OptTensor& argmax, int64_t mode,
     int64_t padding_idx, int64_t bounds_policy, int64_t fixed_bag_size, bool deterministic,
-    bool weight_grad, bool psw_grad) {
-  return embedding_bag_backward(grad_output, weight, indices, offsets, psw, argmax,
-                                lookup(mode, padding_idx, bounds_policy, fixed_bag_size),
-                                deterministic, weight_grad, psw_grad);
+    bool weight_grad, bool psw_grad, int64_t scale_grad_by_freq) {
+  return embedding_bag_backward(
+      grad_output, weight, indices, offsets, psw, argmax,
+      lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq),
+      deterministic, weight_grad, psw_grad);
 }
 
 std::tuple<at::Tensor, at::Tensor> op_embedding_bag_backward_sparse(
     const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& indices,
     const OptTensor& offsets, const OptTensor& psw, const OptTensor& argmax, int64_t mode,
-    int64_t padding_idx, int64_t bounds_policy, int64_t fixed_bag_size) {
-  return embedding_bag_backward_sparse(grad_output, weight, indices, offsets, psw, argmax,
-                                       lookup(mode, padding_idx, bounds_policy, fixed_bag_size));
+    int64_t padding_idx, int64_t bounds_policy, int64_t fixed_bag_size,
+    int64_t scale_grad_by_freq) {
+  return embedding_bag_backward_sparse(
+      grad_output, weight, indices, offsets, psw, argmax,
+      lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq));
 }
 
 void op_embedding_bag_fused_step(const at::Tensor& weight, const OptTensor& state1,
@@ -60,31 +70,33 @@ void op_embedding_bag_fused_step(const at::Tensor& weight, const OptTensor& stat
                                  int64_t padding_idx, int64_t bounds_policy,
                                  int64_t fixed_bag_size, int64_t optimizer, double lr, double eps,
                                  double beta1, double beta2, double weight_decay, int64_t step,
-                                 int64_t seed, bool stochastic_rounding) {
+                                 int64_t seed, bool stochastic_rounding,
+                                 int64_t scale_grad_by_freq) {
   embedding_bag_fused_step(
       weight, state1, state2, grad_output, indices, offsets, psw, argmax,
-      lookup(mode, padding_idx, bounds_policy, fixed_bag_size),
+      lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq),
       {optimizer, lr, eps, beta1, beta2, weight_decay, step, seed, stochastic_rounding});
 }
 
 std::tuple<at::Tensor, at::Tensor> op_embedding_bag_batched(
     at::TensorList weights, const at::Tensor& indices, const OptTensor& offsets,
     const OptTensor& psw, int64_t mode, int64_t padding_idx, int64_t bounds_policy,
-    int64_t fixed_bag_size, std::optional<at::ScalarType> output_dtype) {
-  return embedding_bag_batched(to_vector(weights), indices, offsets, psw,
-                               lookup(mode, padding_idx, bounds_policy, fixed_bag_size),
-                               output_dtype);
+    int64_t fixed_bag_size, std::optional<at::ScalarType> output_dtype,
+    int64_t scale_grad_by_freq) {
+  return embedding_bag_batched(
+      to_vector(weights), indices, offsets, psw,
+      lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq), output_dtype);
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> op_embedding_bag_batched_backward(
     const at::Tensor& grad_output, at::TensorList weights, const at::Tensor& indices,
     const OptTensor& offsets, const OptTensor& psw, const OptTensor& argmax, int64_t mode,
     int64_t padding_idx, int64_t bounds_policy, int64_t fixed_bag_size, bool deterministic,
-    bool weight_grad, bool psw_grad) {
-  return embedding_bag_batched_backward(grad_output, to_vector(weights), indices, offsets, psw,
-                                        argmax,
-                                        lookup(mode, padding_idx, bounds_policy, fixed_bag_size),
-                                        deterministic, weight_grad, psw_grad);
+    bool weight_grad, bool psw_grad, int64_t scale_grad_by_freq) {
+  return embedding_bag_batched_backward(
+      grad_output, to_vector(weights), indices, offsets, psw, argmax,
+      lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq), deterministic,
+      weight_grad, psw_grad);
 }
 
 void op_embedding_bag_batched_fused_step(
@@ -93,10 +105,10 @@ void op_embedding_bag_batched_fused_step(
     const OptTensor& psw, const OptTensor& argmax, int64_t mode, int64_t padding_idx,
     int64_t bounds_policy, int64_t fixed_bag_size, int64_t optimizer, double lr, double eps,
     double beta1, double beta2, double weight_decay, int64_t step, int64_t seed,
-    bool stochastic_rounding) {
+    bool stochastic_rounding, int64_t scale_grad_by_freq) {
   embedding_bag_batched_fused_step(
       to_vector(weights), to_vector(states1), to_vector(states2), grad_output, indices, offsets,
-      psw, argmax, lookup(mode, padding_idx, bounds_policy, fixed_bag_size),
+      psw, argmax, lookup(mode, padding_idx, bounds_policy, fixed_bag_size, scale_grad_by_freq),
       {optimizer, lr, eps, beta1, beta2, weight_decay, step, seed, stochastic_rounding});
 }
 
@@ -104,6 +116,7 @@ void op_embedding_bag_batched_fused_step(
 }  // namespace spembed_torch
 
 #define SPEMBED_LOOKUP_ARGS "int pooling, int padding_idx, int bounds_policy, int fixed_bag_size"
+#define SPEMBED_SCALE_GRAD_ARG "int scale_grad_by_freq=0"
 #define SPEMBED_OPTIMIZER_ARGS                                                                 \
   "int optimizer, float lr, float eps, float beta1, float beta2, float weight_decay, int step, " \
   "int seed, bool stochastic_rounding"
@@ -112,31 +125,33 @@ TORCH_LIBRARY(spembed, m) {
   // -> (output [bags, dim] or [nnz, dim] for none, argmax [bags, dim] for max else [0])
   m.def("embedding_bag(Tensor weight, Tensor indices, Tensor? offsets, "
         "Tensor? per_sample_weights, " SPEMBED_LOOKUP_ARGS
-        ", ScalarType? output_dtype=None) -> (Tensor, Tensor)");
+        ", ScalarType? output_dtype=None, " SPEMBED_SCALE_GRAD_ARG ") -> (Tensor, Tensor)");
   // -> (grad_weight like weight or [0], grad_per_sample_weights [nnz] float32 or [0])
   m.def("embedding_bag_backward(Tensor grad_output, Tensor weight, Tensor indices, "
         "Tensor? offsets, Tensor? per_sample_weights, Tensor? argmax, " SPEMBED_LOOKUP_ARGS
-        ", bool deterministic, bool weight_grad, bool per_sample_weights_grad) -> (Tensor, Tensor)");
+        ", bool deterministic, bool weight_grad, bool per_sample_weights_grad, "
+        SPEMBED_SCALE_GRAD_ARG ") -> (Tensor, Tensor)");
   // -> (unique_ids [U] sorted, unique_grads [U, dim] in weight's dtype); U is data-dependent.
   m.def("embedding_bag_backward_sparse(Tensor grad_output, Tensor weight, Tensor indices, "
         "Tensor? offsets, Tensor? per_sample_weights, Tensor? argmax, " SPEMBED_LOOKUP_ARGS
-        ") -> (Tensor, Tensor)");
+        ", " SPEMBED_SCALE_GRAD_ARG ") -> (Tensor, Tensor)");
   // Applies the optimizer to the touched rows of weight (and its states) in place.
   m.def("embedding_bag_fused_step(Tensor(a!) weight, Tensor(b!)? state1, Tensor(c!)? state2, "
         "Tensor grad_output, Tensor indices, Tensor? offsets, Tensor? per_sample_weights, "
-        "Tensor? argmax, " SPEMBED_LOOKUP_ARGS ", " SPEMBED_OPTIMIZER_ARGS ") -> ()");
+        "Tensor? argmax, " SPEMBED_LOOKUP_ARGS ", " SPEMBED_OPTIMIZER_ARGS
+        ", " SPEMBED_SCALE_GRAD_ARG ") -> ()");
   // -> (output [B, sum of dims], argmax like output for max else [0])
   m.def("embedding_bag_batched(Tensor[] weights, Tensor indices, Tensor? offsets, "
         "Tensor? per_sample_weights, " SPEMBED_LOOKUP_ARGS
-        ", ScalarType? output_dtype=None) -> (Tensor, Tensor)");
+        ", ScalarType? output_dtype=None, " SPEMBED_SCALE_GRAD_ARG ") -> (Tensor, Tensor)");
   m.def("embedding_bag_batched_backward(Tensor grad_output, Tensor[] weights, Tensor indices, "
         "Tensor? offsets, Tensor? per_sample_weights, Tensor? argmax, " SPEMBED_LOOKUP_ARGS
-        ", bool deterministic, bool weight_grad, bool per_sample_weights_grad) "
-        "-> (Tensor[], Tensor)");
+        ", bool deterministic, bool weight_grad, bool per_sample_weights_grad, "
+        SPEMBED_SCALE_GRAD_ARG ") -> (Tensor[], Tensor)");
   m.def("embedding_bag_batched_fused_step(Tensor(a!)[] weights, Tensor(b!)[] states1, "
         "Tensor(c!)[] states2, Tensor grad_output, Tensor indices, Tensor? offsets, "
         "Tensor? per_sample_weights, Tensor? argmax, " SPEMBED_LOOKUP_ARGS
-        ", " SPEMBED_OPTIMIZER_ARGS ") -> ()");
+        ", " SPEMBED_OPTIMIZER_ARGS ", " SPEMBED_SCALE_GRAD_ARG ") -> ()");
   // -> (out like q, lse float32 [heads, total_q]). scale 0: 1/sqrt(head_dim); window < 0: none.
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, "
         "Tensor cu_seqlens_k, bool causal=False, float scale=0., int window_left=-1, "

@@ -15,11 +15,18 @@ def _pad(ctx, *grads):
     return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))
 
 
+def _scale_grad_by_freq(inputs):
+    """The forward op's last argument, scale_grad_by_freq (the forward
+    ignores it; the backward divides each row's gradient by its id count)."""
+    return int(inputs[9]) if len(inputs) > 9 else 0
+
+
 # ---- embedding_bag ------------------------------------------------------------------
 
 def _eb_setup(ctx, inputs, output):
     weight, indices, offsets, psw, mode, padding_idx, bounds_policy, fixed_bag_size = inputs[:8]
     ctx.lookup = (mode, padding_idx, bounds_policy, fixed_bag_size)
+    ctx.scale_grad_by_freq = _scale_grad_by_freq(inputs)
     ctx.save_for_backward(weight, indices, offsets, psw, output[1])
 
 
@@ -29,7 +36,7 @@ def _eb_backward(ctx, grad_output, _grad_argmax):
     need_p = psw is not None and ctx.needs_input_grad[3]
     gw, gp = ops.embedding_bag_backward(grad_output, weight, indices, offsets, psw, argmax,
                                         *ctx.lookup, _config.deterministic_backward, need_w,
-                                        need_p)
+                                        need_p, ctx.scale_grad_by_freq)
     return _pad(ctx, gw if need_w else None, None, None, gp if need_p else None)
 
 
@@ -41,6 +48,7 @@ torch.library.register_autograd("spembed::embedding_bag", _eb_backward, setup_co
 def _ebb_setup(ctx, inputs, output):
     weights, indices, offsets, psw, mode, padding_idx, bounds_policy, fixed_bag_size = inputs[:8]
     ctx.lookup = (mode, padding_idx, bounds_policy, fixed_bag_size)
+    ctx.scale_grad_by_freq = _scale_grad_by_freq(inputs)
     ctx.save_for_backward(indices, offsets, psw, output[1], *weights)
 
 
@@ -51,7 +59,7 @@ def _ebb_backward(ctx, grad_output, _grad_argmax):
     need_p = psw is not None and ctx.needs_input_grad[3]
     grads, gp = ops.embedding_bag_batched_backward(
         grad_output, weights, indices, offsets, psw, argmax, *ctx.lookup,
-        _config.deterministic_backward, need_w, need_p)
+        _config.deterministic_backward, need_w, need_p, ctx.scale_grad_by_freq)
     grads = ([g if need else None for g, need in zip(grads, need_ws)] if need_w
              else [None] * len(weights))
     return _pad(ctx, grads, None, None, gp if need_p else None)

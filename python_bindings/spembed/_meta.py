@@ -19,7 +19,7 @@ def _bags(indices, offsets, pooling, fixed_bag_size, num_tables=1):
 
 @torch.library.register_fake("spembed::embedding_bag")
 def _embedding_bag(weight, indices, offsets, per_sample_weights, pooling, padding_idx,
-                   bounds_policy, fixed_bag_size, output_dtype=None):
+                   bounds_policy, fixed_bag_size, output_dtype=None, scale_grad_by_freq=0):
     bags = _bags(indices, offsets, pooling, fixed_bag_size)
     out = weight.new_empty((bags, weight.shape[1]),
                            dtype=output_dtype if output_dtype is not None else weight.dtype)
@@ -30,7 +30,7 @@ def _embedding_bag(weight, indices, offsets, per_sample_weights, pooling, paddin
 @torch.library.register_fake("spembed::embedding_bag_backward")
 def _embedding_bag_backward(grad_output, weight, indices, offsets, per_sample_weights, argmax,
                             pooling, padding_idx, bounds_policy, fixed_bag_size, deterministic,
-                            weight_grad, per_sample_weights_grad):
+                            weight_grad, per_sample_weights_grad, scale_grad_by_freq=0):
     gw = weight.new_empty(weight.shape if weight_grad else (0,))
     gp = weight.new_empty((indices.shape[0],) if per_sample_weights_grad else (0,),
                           dtype=torch.float32)
@@ -39,7 +39,8 @@ def _embedding_bag_backward(grad_output, weight, indices, offsets, per_sample_we
 
 @torch.library.register_fake("spembed::embedding_bag_backward_sparse")
 def _embedding_bag_backward_sparse(grad_output, weight, indices, offsets, per_sample_weights,
-                                   argmax, pooling, padding_idx, bounds_policy, fixed_bag_size):
+                                   argmax, pooling, padding_idx, bounds_policy, fixed_bag_size,
+                                   scale_grad_by_freq=0):
     ctx = torch.library.get_ctx()
     u = ctx.new_dynamic_size(min=0, max=indices.shape[0])
     return indices.new_empty((u,)), weight.new_empty((u, weight.shape[1]))
@@ -52,7 +53,8 @@ def _embedding_bag_fused_step(*args):
 
 @torch.library.register_fake("spembed::embedding_bag_batched")
 def _embedding_bag_batched(weights, indices, offsets, per_sample_weights, pooling, padding_idx,
-                           bounds_policy, fixed_bag_size, output_dtype=None):
+                           bounds_policy, fixed_bag_size, output_dtype=None,
+                           scale_grad_by_freq=0):
     b = _bags(indices, offsets, pooling, fixed_bag_size, len(weights))
     total = sum(w.shape[1] for w in weights)
     out = weights[0].new_empty(
@@ -64,7 +66,8 @@ def _embedding_bag_batched(weights, indices, offsets, per_sample_weights, poolin
 @torch.library.register_fake("spembed::embedding_bag_batched_backward")
 def _embedding_bag_batched_backward(grad_output, weights, indices, offsets, per_sample_weights,
                                     argmax, pooling, padding_idx, bounds_policy, fixed_bag_size,
-                                    deterministic, weight_grad, per_sample_weights_grad):
+                                    deterministic, weight_grad, per_sample_weights_grad,
+                                    scale_grad_by_freq=0):
     grads = [w.new_empty(w.shape) for w in weights] if weight_grad else []
     gp = weights[0].new_empty((indices.shape[0],) if per_sample_weights_grad else (0,),
                               dtype=torch.float32)

@@ -16,9 +16,12 @@ ConstructorArgumentError(InvalidArgumentError, AssertionError)
     range, a _weight of the wrong shape, embeddings that are not 2-D. torch
     raises AssertionError.
 NotSupportedError(NotImplementedError, ValueError)
-    what torch computes and spembed does not (yet): max_norm,
-    scale_grad_by_freq=True, float64 tables. (ValueError: what spembed
-    raised for float64 tables before.)
+    what torch computes and spembed does not (yet): max_norm, float64
+    tables. (ValueError: what spembed raised for float64 tables before.)
+    scale_grad_by_freq=True is supported, except where torch rejects it too:
+    with mode 'max' (InvalidArgumentError; torch raises ValueError) and with
+    sparse=True (InvalidArgumentError from the backward; torch raises
+    RuntimeError).
 
 NotImplementedError is itself a RuntimeError. per_sample_weights with mode
 'mean' / 'max' raise a plain NotImplementedError, as torch does. The raw ops

@@ -23,8 +23,13 @@ class EmbeddingBag(torch.nn.Module):
                        position and id) or 'skip' (the id is ignored and not
                        counted by 'mean');
       sparse           the gradient is a coalesced sparse COO tensor (eager only).
-    Not supported (yet): max_norm and scale_grad_by_freq=True (NotSupportedError
-    from the constructor), float64 tables (NotSupportedError from forward).
+    scale_grad_by_freq=True divides each row's weight gradient by the number
+    of ids of that row in the forward call, padding ids (and ids skipped by
+    bounds_policy='skip') not counted, as torch does; as in torch, not with
+    mode 'max' (an error from forward) nor with sparse=True (an error from
+    the backward).
+    Not supported (yet): max_norm (NotSupportedError from the constructor),
+    float64 tables (NotSupportedError from forward).
     Tables are float32, float16 or bfloat16; pooling accumulates in float32.
     """
 
@@ -39,10 +44,6 @@ class EmbeddingBag(torch.nn.Module):
             raise NotSupportedError(
                 "spembed.nn.EmbeddingBag: max_norm is not supported yet (core kernels pending: "
                 f"renormalising the looked-up rows in place); got max_norm={max_norm}")
-        if scale_grad_by_freq:
-            raise NotSupportedError(
-                "spembed.nn.EmbeddingBag: scale_grad_by_freq=True is not supported yet (core "
-                "kernels pending: gradients scaled by the inverse id frequency)")
         _ops.mode_code(mode)
         _ops.bounds_code(bounds_policy)
         self.num_embeddings = num_embeddings
@@ -115,7 +116,8 @@ class EmbeddingBag(torch.nn.Module):
                         bounds_policy: str = "error") -> "EmbeddingBag":
         """torch.nn.EmbeddingBag.from_pretrained: a module whose weight is
         `embeddings` itself (rows = num_embeddings, columns = embedding_dim),
-        trainable unless freeze. The padding row is left as it is."""
+        trainable unless freeze. The padding row is left as it is.
+        scale_grad_by_freq as in the constructor."""
         if embeddings.dim() != 2:
             raise ConstructorArgumentError(
                 "spembed.nn.EmbeddingBag.from_pretrained: Embeddings parameter is expected to be "
@@ -151,6 +153,11 @@ class EmbeddingBagCollection(torch.nn.Module):
                  The step semantics are spembed.h's (torch.optim.SGD /
                  Adagrad / Adam on the touched rows; Adam's untouched rows
                  are left alone, like torch.optim.SparseAdam).
+    scale_grad_by_freq  True: each row's gradient (the dense one, or the one
+                 the fused step applies) is divided by the number of ids of
+                 that row of that table in the forward call, padding and
+                 skipped ids not counted, as torch.nn.EmbeddingBag's
+                 scale_grad_by_freq does per table. Not with mode 'max'.
     """
 
     def __init__(self, tables: Sequence[TableSpec], mode: str = "sum",
@@ -158,7 +165,8 @@ class EmbeddingBagCollection(torch.nn.Module):
                  output_dtype: Optional[torch.dtype] = None, bounds_policy: str = "error",
                  optimizer: Optional[str] = None, lr: float = 0.01, eps: float = 1e-8,
                  betas: Tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
-                 stochastic_rounding: bool = False, seed: int = 0) -> None:
+                 stochastic_rounding: bool = False, seed: int = 0,
+                 scale_grad_by_freq: bool = False) -> None:
         super().__init__()
         if len(tables) == 0:
             raise InvalidArgumentError(
@@ -167,7 +175,10 @@ class EmbeddingBagCollection(torch.nn.Module):
             raise NotImplementedError(
                 "spembed.nn.EmbeddingBagCollection: mode 'none' needs one width per table")
         self.mode_id = _ops.mode_code(mode)
+        _ops.check_scale_grad_by_freq(mode, scale_grad_by_freq,
+                                      "spembed.nn.EmbeddingBagCollection")
         self.mode = mode
+        self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.padding_idx = padding_idx
         self.output_dtype = output_dtype
         self.bounds_id = _ops.bounds_code(bounds_policy)
@@ -247,7 +258,8 @@ class EmbeddingBagCollection(torch.nn.Module):
         lookup = (self.mode_id, pad, self.bounds_id, 0)
         if self.optimizer is None:
             out, _ = _ops.call_op(torch.ops.spembed.embedding_bag_batched, list(self.weights),
-                                  indices, offs, psw, *lookup, self.output_dtype)
+                                  indices, offs, psw, *lookup, self.output_dtype,
+                                  int(self.scale_grad_by_freq))
             return out
         if psw is not None and per_sample_weights.requires_grad:
             raise NotImplementedError("spembed: a fused-optimizer collection gives no "
@@ -266,7 +278,7 @@ class EmbeddingBagCollection(torch.nn.Module):
             list(self.weights), self._states(1), self._states(2), grad_output, indices, offsets,
             psw, argmax, *lookup, int(_ops.OPTIMIZERS[self.optimizer]), h["lr"], h["eps"],
             h["beta1"], h["beta2"], h["weight_decay"], self.step, h["seed"] + self.step,
-            h["stochastic_rounding"])
+            h["stochastic_rounding"], int(self.scale_grad_by_freq))
 
 
 class _FusedBatchedLookup(torch.autograd.Function):

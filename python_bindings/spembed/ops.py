@@ -36,6 +36,13 @@ def bounds_code(policy: str) -> int:
             f"spembed: bounds_policy must be one of {sorted(_BOUNDS)}, got {policy!r}") from None
 
 
+def check_scale_grad_by_freq(mode: str, scale_grad_by_freq: bool, where: str) -> None:
+    """torch's rule: mode 'max' takes no scale_grad_by_freq=True."""
+    if scale_grad_by_freq and mode == "max":
+        raise InvalidArgumentError(f"{where}: mode 'max' does not support "
+                                   "scale_grad_by_freq=True")
+
+
 def call_op(op, *args):
     """Calls a spembed op and raises the package's exception classes
     (spembed.errors) in place of the op's ValueError / IndexError /
@@ -106,10 +113,6 @@ def _check_embedding_bag(input, weight, offsets, max_norm, scale_grad_by_freq, m
         raise NotImplementedError(
             "spembed.embedding_bag: per_sample_weights is only supported for mode='sum' "
             f"(and spembed's mode='none'), got mode={mode!r}")
-    if scale_grad_by_freq:
-        raise NotSupportedError(
-            "spembed.embedding_bag: scale_grad_by_freq=True is not supported yet (core "
-            "kernels pending: gradients scaled by the inverse id frequency)")
     if input.dtype not in _INDEX_DTYPES:
         raise _bad(f"input must be int32 or int64, got {input.dtype}")
     if offsets is not None and offsets.dtype not in _INDEX_DTYPES:
@@ -194,10 +197,15 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
       bounds_policy    'error' (default) or 'skip' (out-of-range ids are
                        ignored and not counted by 'mean').
 
-    Exceptions derive from what torch raises (spembed.errors). max_norm and
-    scale_grad_by_freq=True raise NotSupportedError, as do float64 tables;
-    norm_type is only read with max_norm. per_sample_weights have weight's
-    dtype (as in torch) or float32; they are used in float32.
+    Exceptions derive from what torch raises (spembed.errors). max_norm
+    raises NotSupportedError, as do float64 tables; norm_type is only read
+    with max_norm. per_sample_weights have weight's dtype (as in torch) or
+    float32; they are used in float32.
+    scale_grad_by_freq=True: the weight gradient of each row is divided by
+    the number of ids of that row in the call, padding ids (and ids skipped
+    by bounds_policy='skip') not counted; the forward is unchanged. As in
+    torch, not with mode 'max' (InvalidArgumentError from the call) nor with
+    sparse=True (InvalidArgumentError, a RuntimeError, from the backward).
     include_last_offset=True: bag b is ids[offsets[b]:offsets[b + 1]], and
     ids after offsets[-1] belong to no bag (they are still range-checked).
     sparse=True: the weight gradient is a sparse COO tensor (eager mode).
@@ -239,12 +247,14 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
     if psw is not None:
         psw = psw.to(torch.float32)
     lookup = (int(_MODES[mode]), pad, bounds, fixed)
+    scale = 1 if scale_grad_by_freq else 0
     use_sparse = sparse and torch.is_grad_enabled() and weight.requires_grad
 
     def run(o):
         if use_sparse:
-            return _SparseLookup.apply(weight, psw, indices, o, lookup, output_dtype)
-        return torch.ops.spembed.embedding_bag(weight, indices, o, psw, *lookup, output_dtype)[0]
+            return _SparseLookup.apply(weight, psw, indices, o, lookup, output_dtype, scale)
+        return torch.ops.spembed.embedding_bag(weight, indices, o, psw, *lookup, output_dtype,
+                                               scale)[0]
 
     if torch.compiler.is_compiling():
         out = run(offs)
@@ -282,10 +292,11 @@ class _SparseLookup(torch.autograd.Function):
     backward op with the weight gradient turned off."""
 
     @staticmethod
-    def forward(ctx, weight, psw, indices, offsets, lookup, output_dtype):
+    def forward(ctx, weight, psw, indices, offsets, lookup, output_dtype, scale_grad_by_freq):
         out, argmax = torch.ops.spembed.embedding_bag(weight, indices, offsets, psw, *lookup,
                                                       output_dtype)
         ctx.lookup = lookup
+        ctx.scale_grad_by_freq = scale_grad_by_freq
         ctx.save_for_backward(weight, indices, offsets, psw, argmax)
         return out
 
@@ -294,8 +305,16 @@ class _SparseLookup(torch.autograd.Function):
         weight, indices, offsets, psw, argmax = ctx.saved_tensors
         grad_weight = grad_psw = None
         if ctx.needs_input_grad[0]:
+            if ctx.scale_grad_by_freq:
+                # torch's rule (its backward raises RuntimeError); the op
+                # itself computes it (embedding_bag_backward_sparse).
+                raise InvalidArgumentError(
+                    "spembed.embedding_bag: scale_grad_by_freq=True is not supported with "
+                    "sparse=True (sparse weight gradients), as in torch; use sparse=False, or "
+                    "torch.ops.spembed.embedding_bag_backward_sparse(..., scale_grad_by_freq=1)")
             ids, rows = torch.ops.spembed.embedding_bag_backward_sparse(
-                grad_output, weight, indices, offsets, psw, argmax, *ctx.lookup)
+                grad_output, weight, indices, offsets, psw, argmax, *ctx.lookup,
+                ctx.scale_grad_by_freq)
             grad_weight = torch.sparse_coo_tensor(ids.to(torch.int64).unsqueeze(0), rows,
                                                   weight.shape, is_coalesced=True,
                                                   check_invariants=False)
@@ -303,7 +322,7 @@ class _SparseLookup(torch.autograd.Function):
             _, grad_psw = torch.ops.spembed.embedding_bag_backward(
                 grad_output, weight, indices, offsets, psw, argmax, *ctx.lookup,
                 _config.deterministic_backward, False, True)
-        return grad_weight, grad_psw, None, None, None, None
+        return grad_weight, grad_psw, None, None, None, None, None
 
 def embedding_bag_batched(weights: Sequence[torch.Tensor], indices: torch.Tensor,
                           offsets: Optional[torch.Tensor], mode: str = "sum",
@@ -311,16 +330,20 @@ def embedding_bag_batched(weights: Sequence[torch.Tensor], indices: torch.Tensor
                           padding_idx: Optional[int] = None,
                           output_dtype: Optional[torch.dtype] = None,
                           bounds_policy: str = "error",
-                          fixed_bag_size: int = 0) -> torch.Tensor:
+                          fixed_bag_size: int = 0,
+                          scale_grad_by_freq: bool = False) -> torch.Tensor:
     """Pooled lookup into T tables at once. indices are table-major, offsets
-    [T * B + 1] (or None with fixed_bag_size); returns [B, sum of dims]."""
+    [T * B + 1] (or None with fixed_bag_size); returns [B, sum of dims].
+    scale_grad_by_freq=True divides each row's weight gradient by the number
+    of ids of that row (in its table) in the call, as in embedding_bag."""
+    check_scale_grad_by_freq(mode, scale_grad_by_freq, "spembed.embedding_bag_batched")
     if per_sample_weights is not None:
         per_sample_weights = per_sample_weights.to(torch.float32)
     out, _ = call_op(
         torch.ops.spembed.embedding_bag_batched,
         list(weights), indices, offsets, per_sample_weights, mode_code(mode),
         -1 if padding_idx is None else padding_idx, bounds_code(bounds_policy), fixed_bag_size,
-        output_dtype)
+        output_dtype, 1 if scale_grad_by_freq else 0)
     return out
 
 

@@ -199,6 +199,40 @@ spembed_status_t spembed_embedding_bag_batched_forward(
     const spembed_embedding_bag_options_t* options, DLTensor* output, DLTensor* argmax,
     DLTensor* report, void* workspace, size_t workspace_bytes, spembed_stream_t stream);
 
+/* ---- embedding renorm (max_norm) ------------------------------------------- */
+
+/* Renormalises, in place, the rows of `table` that `indices` names, as
+ * torch.embedding_renorm_ (what F.embedding_bag's max_norm does before the
+ * lookup): each distinct row r named by a valid id, whose norm
+ * (sum over the row of |w|^norm_type)^(1 / norm_type) exceeds max_norm, is
+ * multiplied by max_norm / (norm + 1e-7). Every row is handled once however
+ * often it is named, so the result is deterministic.
+ *  table    [rows, dim] float32 / float16 / bfloat16, row stride >= dim;
+ *           updated in place (rows no valid id names are not touched).
+ *  indices  [nnz] int32 or int64, contiguous, on the table's device.
+ *  max_norm > 0 and finite; norm_type > 0 and finite (1 and 2 are exact
+ *           sums of |w| and w^2; others use powf).
+ *  bounds_policy  ids outside [0, rows): ERROR (nothing is written; CPU
+ *           returns INDEX_OUT_OF_RANGE, CUDA records it in `report`) or
+ *           SKIP (ignored, counted in `report`). padding rows are renormalised
+ *           like any other (torch does the same).
+ * Numerics: the norm is summed in float32, lane by lane over columns
+ * c = j, j + 32, ... (j = 0..31), then the 32 partial sums are added pairwise
+ * (distance 16, 8, 4, 2, 1); the scale and the products are float32, rounded
+ * once each. CPU and CUDA follow the same order, so for norm_type 1 and 2 they
+ * agree bitwise.
+ * Workspace: 0 on the CPU; on CUDA what ..._workspace_size says for nnz ids
+ * (the ids are sorted there), 256-byte aligned. */
+spembed_status_t spembed_embedding_renorm_workspace_size(spembed_handle_t handle,
+                                                         DLDeviceType device_type,
+                                                         DLDataType index_dtype, int64_t nnz,
+                                                         size_t* bytes);
+spembed_status_t spembed_embedding_renorm(spembed_handle_t handle, DLTensor* table,
+                                          const DLTensor* indices, double max_norm,
+                                          double norm_type, spembed_bounds_policy_t bounds_policy,
+                                          DLTensor* report, void* workspace,
+                                          size_t workspace_bytes, spembed_stream_t stream);
+
 /* ---- embedding bag backward ------------------------------------------------- */
 
 /* How the gradient is reduced per table row.

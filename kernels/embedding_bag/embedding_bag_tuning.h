@@ -43,6 +43,11 @@ constexpr int kMaxMaxAccumulators = 8;
 // Threads per block of the check kernel; a multiple of 32 (warp ballots).
 constexpr int kCheckBlockThreads = 256;
 
+// Threads per block of the max_norm renormalisation (embedding_renorm.cu):
+// 4 warps, one row per warp at a time; the kernel is a few dozen registers
+// and its cost is the row reads and writes.
+constexpr int kRenormBlockThreads = 128;
+
 // ---- Backward (embedding_bag_backward_*.cu / .cuh) ----
 
 // Threads per block of every backward kernel that works in lane groups: a

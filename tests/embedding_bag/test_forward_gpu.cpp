@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "gpu_util.h"
+#include "renorm_util.h"
 #include "test_util.h"
 
 namespace spembed_test {
@@ -538,6 +539,103 @@ TEST_F(CudaTest, CapturedInACudaGraph) {
 }
 
 // ---- device-side data checks ----------------------------------------------------
+
+// spembed_embedding_renorm on CUDA against the CPU on the same inputs
+// (tables of every dtype, ids with a hot row and repeats): bitwise for norm
+// types 1 and 2 (the same summation order), within the float64 reference's
+// bound for 3 (powf differs by an ulp between host and device). Then the
+// bounds policies (ERROR writes nothing and reports; SKIP matches the CPU)
+// and a too-small workspace.
+class CudaRenorm : public CudaTest {
+ protected:
+  // Runs p on the device; returns the call's status, the table downloaded
+  // into p.table and the report into *report.
+  spembed_status_t run_renorm(RenormProblem& p, spembed_bounds_policy_t policy, HostTensor* report,
+                              size_t workspace_cut = 0) {
+    DeviceTensor table(p.table), ids(p.indices), dev_report(*report);
+    size_t bytes = 0;
+    EXPECT_EQ(spembed_embedding_renorm_workspace_size(handle(), kDLCUDA, p.indices.dtype(),
+                                                      p.indices.size(0), &bytes),
+              SPEMBED_STATUS_SUCCESS);
+    DeviceBuffer ws(bytes);
+    const spembed_status_t status =
+        spembed_embedding_renorm(handle(), table.dl(), ids.dl(), p.max_norm, p.norm_type, policy,
+                                 dev_report.dl(), ws.get(), bytes - workspace_cut, nullptr);
+    SPEMBED_CUDA_CHECK(cudaDeviceSynchronize());
+    table.download(p.table);
+    dev_report.download(*report);
+    return status;
+  }
+  spembed_status_t run_renorm_cpu(RenormProblem& p, spembed_bounds_policy_t policy) {
+    return spembed_embedding_renorm(handle(), p.table.dl(), p.indices.dl(), p.max_norm, p.norm_type,
+                                    policy, nullptr, nullptr, 0, nullptr);
+  }
+};
+
+TEST_F(CudaRenorm, MatchesCpu) {
+  uint64_t seed = 900;
+  const int64_t nnz = small_shapes() ? 300 : 20000;
+  for (DLDataType dtype : {kF32, kF16, kBF16}) {
+    for (DLDataType index : {kI32, kI64}) {
+      for (double norm_type : {1.0, 2.0, 3.0}) {
+        for (int64_t dim :
+             small_shapes() ? std::vector<int64_t>{5, 130} : std::vector<int64_t>{5, 64, 130}) {
+          SCOPED_TRACE(dtype_name(dtype) + " " + dtype_name(index) + " p " +
+                       std::to_string(norm_type) + " dim " + std::to_string(dim));
+          RenormProblem gpu = make_renorm_problem(dtype, index, 400, dim, nnz, ++seed);
+          gpu.norm_type = norm_type;
+          gpu.max_norm = median_row_norm(gpu.table, norm_type);
+          RenormProblem cpu{gpu.table.clone(), gpu.indices.clone(), gpu.max_norm, norm_type};
+          const std::vector<uint8_t> original = gpu.table.bytes();
+          const RenormExpected e =
+              reference_renorm(gpu, unit_roundoff(dtype), subnormal_spacing(dtype));
+          HostTensor report = make_report();
+          ASSERT_EQ(run_renorm(gpu, SPEMBED_BOUNDS_ERROR, &report), SPEMBED_STATUS_SUCCESS)
+              << spembed_last_error();
+          EXPECT_EQ(report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+          ASSERT_EQ(run_renorm_cpu(cpu, SPEMBED_BOUNDS_ERROR), SPEMBED_STATUS_SUCCESS);
+          EXPECT_FALSE(gpu.table.bytes_equal(original)) << "no row was renormalised";
+          if (norm_type != 3.0) {
+            EXPECT_TRUE(gpu.table.bytes_equal(cpu.table.bytes())) << "CUDA differs from the CPU";
+          }
+          for (int64_t r = 0; r < 400; ++r) {
+            for (int64_t c = 0; c < dim; ++c) {
+              const size_t k = static_cast<size_t>(r * dim + c);
+              ASSERT_LE(std::fabs(gpu.table.get(r, c) - e.values[k]), e.bounds[k])
+                  << "row " << r << " col " << c;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaRenorm, BoundsPoliciesAndWorkspace) {
+  RenormProblem p = make_renorm_problem(kF16, kI64, 64, 24, 200, 31, /*bad_ids=*/4);
+  p.max_norm = 0.8;
+  const std::vector<uint8_t> before = p.table.bytes();
+  HostTensor report = make_report();
+  // ERROR: the call is queued (the check runs on the device), nothing is
+  // written, the report names the failure.
+  ASSERT_EQ(run_renorm(p, SPEMBED_BOUNDS_ERROR, &report), SPEMBED_STATUS_SUCCESS);
+  EXPECT_TRUE(p.table.bytes_equal(before));
+  EXPECT_EQ(report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_INDEX_OUT_OF_RANGE);
+  EXPECT_EQ(report.get_int(SPEMBED_REPORT_BAD_INDEX_COUNT), 4);
+  // SKIP: the valid ids as on the CPU, bad ones counted.
+  RenormProblem cpu{p.table.clone(), p.indices.clone(), p.max_norm, p.norm_type};
+  ASSERT_EQ(run_renorm(p, SPEMBED_BOUNDS_SKIP, &report), SPEMBED_STATUS_SUCCESS);
+  ASSERT_EQ(run_renorm_cpu(cpu, SPEMBED_BOUNDS_SKIP), SPEMBED_STATUS_SUCCESS);
+  EXPECT_TRUE(p.table.bytes_equal(cpu.table.bytes()));
+  EXPECT_FALSE(p.table.bytes_equal(before));
+  EXPECT_EQ(report.get_int(SPEMBED_REPORT_STATUS), SPEMBED_STATUS_SUCCESS);
+  EXPECT_EQ(report.get_int(SPEMBED_REPORT_BAD_INDEX_COUNT), 4);
+  // A workspace one byte short: refused before anything is queued.
+  const std::vector<uint8_t> after = p.table.bytes();
+  EXPECT_EQ(run_renorm(p, SPEMBED_BOUNDS_SKIP, &report, 1), SPEMBED_STATUS_WORKSPACE_TOO_SMALL);
+  EXPECT_NE(std::string(spembed_last_error()).find("workspace"), std::string::npos);
+  EXPECT_TRUE(p.table.bytes_equal(after));
+}
 
 class CudaDataChecks : public CudaTest {
  protected:

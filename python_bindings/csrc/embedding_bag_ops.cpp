@@ -372,6 +372,40 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_batched(
   return {output, argmax};
 }
 
+void embedding_renorm_(const at::Tensor& weight, const at::Tensor& indices_in, double max_norm,
+                       double norm_type, int64_t bounds_policy) {
+  const char* op = "embedding_renorm_";
+  TORCH_CHECK_VALUE(weight.dim() == 2, "spembed: weight must be 2-D [rows, dim], got ",
+                    weight.dim(), "-D");
+  TORCH_CHECK_VALUE(bounds_policy == SPEMBED_BOUNDS_ERROR || bounds_policy == SPEMBED_BOUNDS_SKIP,
+                    "spembed: bounds_policy ", bounds_policy, " must be 0 (error) or 1 (skip)");
+  const c10::Device device = weight.device();
+  c10::DeviceGuard guard(device);
+  const DLDataType index_dtype = dl_dtype(indices_in.scalar_type(), "indices");
+  const at::Tensor indices = indices_in.reshape({-1}).contiguous();
+  // The C API takes rows with unit column stride, at least dim apart; any
+  // other layout (a transposed or expanded weight) goes through a copy.
+  const bool in_place = weight.stride(1) == 1 && weight.stride(0) >= weight.size(1);
+  const at::Tensor table =
+      in_place ? weight : at::empty(weight.sizes(), weight.options()).copy_(weight);
+  View vt(table), vi(indices);
+  spembed_handle_t h = handle_for(device);
+  size_t ws_bytes = 0;
+  check(spembed_embedding_renorm_workspace_size(h, vt.dl.device.device_type, index_dtype,
+                                                indices.numel(), &ws_bytes),
+        op);
+  at::Tensor ws = workspace(device, ws_bytes);
+  at::Tensor report = report_if_checked(device, static_cast<int>(bounds_policy));
+  std::optional<View> vr;
+  check(spembed_embedding_renorm(h, vt.get(), vi.get(), max_norm, norm_type,
+                                 static_cast<spembed_bounds_policy_t>(bounds_policy),
+                                 view_or_null(vr, report), ws.defined() ? ws.data_ptr() : nullptr,
+                                 ws_bytes, stream_for(device)),
+        op);
+  check_report(report, op);
+  if (!in_place) weight.copy_(table);
+}
+
 namespace {
 
 // Shared by the batched backward and the batched fused step.

@@ -80,6 +80,14 @@ void embedding_bag_batched_fused_step(const std::vector<at::Tensor>& weights,
                                       const std::optional<at::Tensor>& argmax,
                                       const LookupArgs& a, const OptimizerArgs& o);
 
+// max_norm: renormalises, in place, each distinct row of weight that a valid
+// id of indices (any shape, int32 / int64) names and whose norm_type-norm
+// exceeds max_norm, as torch.embedding_renorm_ (spembed_embedding_renorm).
+// A weight whose rows are not compact (last stride != 1, or rows overlapping)
+// is renormalised in a compact copy that is then copied back into it.
+void embedding_renorm_(const at::Tensor& weight, const at::Tensor& indices, double max_norm,
+                       double norm_type, int64_t bounds_policy);
+
 // Varlen attention (attention_ops.cpp). scale 0 means 1/sqrt(head_dim);
 // window_left / window_right < 0 mean unlimited.
 std::tuple<at::Tensor, at::Tensor> varlen_attention(const at::Tensor& q, const at::Tensor& k,

@@ -140,6 +140,11 @@ TORCH_LIBRARY(spembed, m) {
         "Tensor grad_output, Tensor indices, Tensor? offsets, Tensor? per_sample_weights, "
         "Tensor? argmax, " SPEMBED_LOOKUP_ARGS ", " SPEMBED_OPTIMIZER_ARGS
         ", " SPEMBED_SCALE_GRAD_ARG ") -> ()");
+  // max_norm: renormalises in place the rows of weight that indices name whose
+  // norm_type-norm exceeds max_norm, as torch.embedding_renorm_ (padding rows
+  // included); bounds_policy as above. Not differentiable: call it under no_grad.
+  m.def("embedding_renorm_(Tensor(a!) weight, Tensor indices, float max_norm, "
+        "float norm_type, int bounds_policy) -> ()");
   // -> (output [B, sum of dims], argmax like output for max else [0])
   m.def("embedding_bag_batched(Tensor[] weights, Tensor indices, Tensor? offsets, "
         "Tensor? per_sample_weights, " SPEMBED_LOOKUP_ARGS
@@ -168,6 +173,7 @@ TORCH_LIBRARY(spembed, m) {
   m.impl("embedding_bag_backward", &spembed_torch::op_embedding_bag_backward);                \
   m.impl("embedding_bag_backward_sparse", &spembed_torch::op_embedding_bag_backward_sparse);  \
   m.impl("embedding_bag_fused_step", &spembed_torch::op_embedding_bag_fused_step);            \
+  m.impl("embedding_renorm_", &spembed_torch::embedding_renorm_);                             \
   m.impl("embedding_bag_batched", &spembed_torch::op_embedding_bag_batched);                  \
   m.impl("embedding_bag_batched_backward", &spembed_torch::op_embedding_bag_batched_backward); \
   m.impl("embedding_bag_batched_fused_step",                                                  \

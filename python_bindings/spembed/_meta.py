@@ -51,6 +51,11 @@ def _embedding_bag_fused_step(*args):
     return None
 
 
+@torch.library.register_fake("spembed::embedding_renorm_")
+def _embedding_renorm_(weight, indices, max_norm, norm_type, bounds_policy):
+    return None  # mutates weight in place; no outputs
+
+
 @torch.library.register_fake("spembed::embedding_bag_batched")
 def _embedding_bag_batched(weights, indices, offsets, per_sample_weights, pooling, padding_idx,
                            bounds_policy, fixed_bag_size, output_dtype=None,

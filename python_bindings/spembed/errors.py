@@ -8,7 +8,8 @@ IndexError), so that existing spembed callers do too.
 InvalidArgumentError(ValueError, RuntimeError)
     bad offsets, shapes, dtypes, per_sample_weights, padding_idx, input
     forms. torch raises RuntimeError (its C++ checks) or ValueError (its
-    Python checks).
+    Python checks). Also max_norm / norm_type that are not finite and > 0,
+    which torch does not check.
 IndexOutOfRangeError(IndexError, RuntimeError)
     an id outside [0, num_embeddings). torch raises RuntimeError.
 ConstructorArgumentError(InvalidArgumentError, AssertionError)
@@ -16,8 +17,8 @@ ConstructorArgumentError(InvalidArgumentError, AssertionError)
     range, a _weight of the wrong shape, embeddings that are not 2-D. torch
     raises AssertionError.
 NotSupportedError(NotImplementedError, ValueError)
-    what torch computes and spembed does not (yet): max_norm, float64
-    tables. (ValueError: what spembed raised for float64 tables before.)
+    what torch computes and spembed does not (yet): float64 tables.
+    (ValueError: what spembed raised for float64 tables before.)
     scale_grad_by_freq=True is supported, except where torch rejects it too:
     with mode 'max' (InvalidArgumentError; torch raises ValueError) and with
     sparse=True (InvalidArgumentError from the backward; torch raises

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from . import ops as _ops
 from ._enums import OPTIMIZER_STATES
-from .errors import ConstructorArgumentError, InvalidArgumentError, NotSupportedError
+from .errors import ConstructorArgumentError, InvalidArgumentError
 
 __all__ = ["EmbeddingBag", "EmbeddingBagCollection", "VarlenSelfAttention", "SASRecBlock"]
 
@@ -28,8 +28,11 @@ class EmbeddingBag(torch.nn.Module):
     bounds_policy='skip') not counted, as torch does; as in torch, not with
     mode 'max' (an error from forward) nor with sparse=True (an error from
     the backward).
-    Not supported (yet): max_norm (NotSupportedError from the constructor),
-    float64 tables (NotSupportedError from forward).
+    max_norm / norm_type: forward renormalises in place the rows its ids name
+    whose norm_type-norm exceeds max_norm, before the lookup, as torch does
+    (spembed.ops.embedding_bag; both must be finite and > 0, checked by
+    forward). Not supported (yet): float64 tables (NotSupportedError from
+    forward).
     Tables are float32, float16 or bfloat16; pooling accumulates in float32.
     """
 
@@ -40,10 +43,6 @@ class EmbeddingBag(torch.nn.Module):
                  device=None, dtype=None, output_dtype: Optional[torch.dtype] = None,
                  bounds_policy: str = "error") -> None:
         super().__init__()
-        if max_norm is not None:
-            raise NotSupportedError(
-                "spembed.nn.EmbeddingBag: max_norm is not supported yet (core kernels pending: "
-                f"renormalising the looked-up rows in place); got max_norm={max_norm}")
         _ops.mode_code(mode)
         _ops.bounds_code(bounds_policy)
         self.num_embeddings = num_embeddings
@@ -117,7 +116,8 @@ class EmbeddingBag(torch.nn.Module):
         """torch.nn.EmbeddingBag.from_pretrained: a module whose weight is
         `embeddings` itself (rows = num_embeddings, columns = embedding_dim),
         trainable unless freeze. The padding row is left as it is.
-        scale_grad_by_freq as in the constructor."""
+        max_norm, norm_type and scale_grad_by_freq as in the constructor
+        (max_norm renormalises `embeddings` itself, in forward)."""
         if embeddings.dim() != 2:
             raise ConstructorArgumentError(
                 "spembed.nn.EmbeddingBag.from_pretrained: Embeddings parameter is expected to be "

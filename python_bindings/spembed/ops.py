@@ -105,10 +105,8 @@ def _check_embedding_bag(input, weight, offsets, max_norm, scale_grad_by_freq, m
             raise _bad("mode 'max' does not support scale_grad_by_freq=True")
         if sparse:
             raise _bad("mode 'max' does not support sparse=True (sparse weight gradients)")
-    if max_norm is not None:
-        raise NotSupportedError(
-            "spembed.embedding_bag: max_norm is not supported yet (core kernels pending: "
-            f"renormalising the looked-up rows in place); got max_norm={max_norm}")
+    # max_norm: torch renormalises here; spembed does it after every argument
+    # check has passed (embedding_bag), so a rejected call leaves weight as it was.
     if psw is not None and mode not in ("sum", "none"):
         raise NotImplementedError(
             "spembed.embedding_bag: per_sample_weights is only supported for mode='sum' "
@@ -177,6 +175,28 @@ def _id_problem(input: torch.Tensor, rows: int, pad: int, original: str) -> str:
             "out-of-range id(s) in input (bounds_policy='skip' ignores them)")
 
 
+def _renorm(weight, indices, max_norm, norm_type, bounds, input, rows, pad) -> None:
+    """F.embedding_bag's max_norm (torch's _no_grad_embedding_renorm_) on the
+    library: every distinct row named by a valid id of `indices` (padding rows
+    included, as in torch) whose norm_type-norm exceeds max_norm is scaled in
+    place, under no_grad, by max_norm / (norm + 1e-7). torch does not check
+    max_norm / norm_type; the library needs both finite and > 0 and raises
+    InvalidArgumentError with its message otherwise."""
+    args = (weight, indices, float(max_norm), float(norm_type), bounds)
+    with torch.no_grad():
+        if torch.compiler.is_compiling():
+            torch.ops.spembed.embedding_renorm_(*args)
+            return
+        try:
+            torch.ops.spembed.embedding_renorm_(*args)
+        except IndexError as e:
+            raise IndexOutOfRangeError(_id_problem(input, rows, pad, str(e))) from None
+        except NotImplementedError as e:
+            raise NotSupportedError(str(e)) from None
+        except ValueError as e:
+            raise InvalidArgumentError(str(e)) from None
+
+
 def _with_end(offsets: torch.Tensor, end) -> torch.Tensor:
     return torch.cat([offsets, offsets.new_full((1,), end)])
 
@@ -197,10 +217,17 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
       bounds_policy    'error' (default) or 'skip' (out-of-range ids are
                        ignored and not counted by 'mean').
 
-    Exceptions derive from what torch raises (spembed.errors). max_norm
-    raises NotSupportedError, as do float64 tables; norm_type is only read
-    with max_norm. per_sample_weights have weight's dtype (as in torch) or
-    float32; they are used in float32.
+    Exceptions derive from what torch raises (spembed.errors). float64
+    tables raise NotSupportedError. per_sample_weights have weight's dtype
+    (as in torch) or float32; they are used in float32.
+    max_norm: before the lookup, every distinct row named by an id of input
+    (padding rows included) whose norm_type-norm exceeds max_norm is scaled
+    in place, under no_grad, by max_norm / (norm + 1e-7), as torch does
+    (torch.embedding_renorm_); norm_type is only read with max_norm. Both
+    must be finite and > 0 (InvalidArgumentError; torch does not check
+    them). The renormalisation runs after the argument checks, so a call
+    they reject leaves weight unchanged; out-of-range ids raise from it (with
+    bounds_policy='skip' they are ignored by it too).
     scale_grad_by_freq=True: the weight gradient of each row is divided by
     the number of ids of that row in the call, padding ids (and ids skipped
     by bounds_policy='skip') not counted; the forward is unchanged. As in
@@ -244,6 +271,8 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
                 # Ids after offsets[-1] go to an extra bag, sliced off (eager
                 # mode does this only when offsets[-1] < nnz, see below).
                 offs, trim = _with_end(offs, nnz), offsets.numel() - 1
+    if max_norm is not None:
+        _renorm(weight, indices, max_norm, norm_type, bounds, input, rows, pad)
     if psw is not None:
         psw = psw.to(torch.float32)
     lookup = (int(_MODES[mode]), pad, bounds, fixed)

@@ -184,8 +184,8 @@ def test_bad_arguments_raise():
                                   per_sample_weights=torch.ones(2))
     with pytest.raises(ValueError, match="padding_idx"):
         spembed.nn.EmbeddingBag(4, 2, padding_idx=4)
-    with pytest.raises(NotImplementedError, match="max_norm"):
-        spembed.nn.EmbeddingBag(4, 2, max_norm=1.0)
+    with pytest.raises(ValueError, match="max_norm"):  # supported, but must be > 0
+        spembed.nn.EmbeddingBag(4, 2, max_norm=-1.0)(ids, torch.tensor([0]))
     with pytest.raises(ValueError, match="offsets"):
         spembed.ops.embedding_bag(ids, weight, None)
     with pytest.raises(ValueError, match="bounds_policy"):

@@ -269,11 +269,7 @@ spembed_status_t check_size_query(spembed_handle_t handle, DLDeviceType device_t
                                   int64_t total_q, int64_t heads, size_t* bytes) {
   SPEMBED_RETURN_IF_ERROR(check_handle(handle));
   if (bytes == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "bytes: must not be NULL");
-  if (device_type != kDLCPU && device_type != kDLCUDA) {
-    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                "device_type: %d is not supported; use kDLCPU or kDLCUDA",
-                static_cast<int>(device_type));
-  }
+  SPEMBED_RETURN_IF_ERROR(check_device_type(device_type));
   if (batch < 0 || batch >= INT32_MAX) {
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "batch: %" PRId64 " must be in [0, 2^31 - 1)",
                 batch);

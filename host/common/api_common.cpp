@@ -1,6 +1,7 @@
 // The checks every C API entry point shares (api_common.h).
 #include "host/common/api_common.h"
 
+#include <cinttypes>
 #include <cstdint>
 
 #include "host/common/tensor_checks.h"
@@ -9,6 +10,25 @@ namespace spembed::detail {
 
 spembed_status_t check_handle(spembed_handle_t handle) {
   if (handle == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "handle: must not be NULL");
+  return SPEMBED_STATUS_SUCCESS;
+}
+
+spembed_status_t check_device_type(DLDeviceType device_type) {
+  if (device_type != kDLCPU && device_type != kDLCUDA) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                "device_type: %d is not supported; use kDLCPU or kDLCUDA",
+                static_cast<int>(device_type));
+  }
+  return SPEMBED_STATUS_SUCCESS;
+}
+
+spembed_status_t check_index_query(DLDataType index_dtype, int64_t nnz) {
+  const bool int32 = index_dtype.code == kDLInt && index_dtype.bits == 32;
+  const bool int64 = index_dtype.code == kDLInt && index_dtype.bits == 64;
+  if (!(int32 || int64) || index_dtype.lanes != 1) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "index_dtype: must be int32 or int64");
+  }
+  if (nnz < 0) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "nnz: %" PRId64 " must be >= 0", nnz);
   return SPEMBED_STATUS_SUCCESS;
 }
 

@@ -19,6 +19,11 @@ constexpr size_t kWorkspaceAlignment = 16;  // the check record is updated with 
 
 spembed_status_t check_handle(spembed_handle_t handle);
 
+// A workspace size query's device type: kDLCPU or kDLCUDA.
+spembed_status_t check_device_type(DLDeviceType device_type);
+// A workspace size query's ids: int32 or int64, nnz >= 0.
+spembed_status_t check_index_query(DLDataType index_dtype, int64_t nnz);
+
 // The optional report tensor (NULL is fine): int64 [SPEMBED_REPORT_SIZE] on `device`.
 spembed_status_t check_report(DLTensor* report, DLDevice device, int64_t** data);
 

@@ -264,11 +264,7 @@ spembed_status_t spembed_embedding_bag_forward_workspace_size(spembed_handle_t h
   return guarded("spembed_embedding_bag_forward_workspace_size", [&] {
     SPEMBED_RETURN_IF_ERROR(check_handle(handle));
     if (bytes == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "bytes: must not be NULL");
-    if (device_type != kDLCPU && device_type != kDLCUDA) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "device_type: %d is not supported; use kDLCPU or kDLCUDA",
-                  static_cast<int>(device_type));
-    }
+    SPEMBED_RETURN_IF_ERROR(check_device_type(device_type));
     *bytes = device_type == kDLCUDA ? kForwardWorkspaceBytes : 0;
     return SPEMBED_STATUS_SUCCESS;
   });

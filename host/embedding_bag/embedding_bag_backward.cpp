@@ -26,15 +26,6 @@ constexpr const char* kWorkspaceQuery = "spembed_embedding_bag_backward_workspac
 constexpr const char* kBatchedWorkspaceQuery =
     "spembed_embedding_bag_batched_backward_workspace_size";
 
-spembed_status_t check_device_type(DLDeviceType device_type) {
-  if (device_type != kDLCPU && device_type != kDLCUDA) {
-    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                "device_type: %d is not supported; use kDLCPU or kDLCUDA",
-                static_cast<int>(device_type));
-  }
-  return SPEMBED_STATUS_SUCCESS;
-}
-
 spembed_status_t check_algorithm(const spembed_backward_algorithm_t& algorithm) {
   int raw = 0;  // a C caller may store any int in an enum (see resolve_options)
   static_assert(sizeof(spembed_backward_algorithm_t) == sizeof(int), "C enums are int-sized");
@@ -50,12 +41,7 @@ spembed_status_t check_query_common(spembed_handle_t handle, DLDataType index_dt
                                     spembed_backward_algorithm_t algorithm, size_t* bytes) {
   SPEMBED_RETURN_IF_ERROR(check_handle(handle));
   if (bytes == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "bytes: must not be NULL");
-  const bool int32 = index_dtype.code == kDLInt && index_dtype.bits == 32;
-  const bool int64 = index_dtype.code == kDLInt && index_dtype.bits == 64;
-  if (!(int32 || int64) || index_dtype.lanes != 1) {
-    return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "index_dtype: must be int32 or int64");
-  }
-  if (nnz < 0) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "nnz: %" PRId64 " must be >= 0", nnz);
+  SPEMBED_RETURN_IF_ERROR(check_index_query(index_dtype, nnz));
   return check_algorithm(algorithm);
 }
 

@@ -4,7 +4,6 @@
 // launcher by the table's device.
 #include "kernels/embedding_bag/embedding_renorm.h"
 
-#include <cinttypes>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -83,20 +82,10 @@ spembed_status_t spembed_embedding_renorm_workspace_size(spembed_handle_t handle
   return guarded(kWorkspaceQuery, [&] {
     SPEMBED_RETURN_IF_ERROR(check_handle(handle));
     if (bytes == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "bytes: must not be NULL");
-    if (device_type != kDLCPU && device_type != kDLCUDA) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "device_type: %d is not supported; use kDLCPU or kDLCUDA",
-                  static_cast<int>(device_type));
-    }
-    const bool int32 = index_dtype.code == kDLInt && index_dtype.bits == 32;
-    const bool int64 = index_dtype.code == kDLInt && index_dtype.bits == 64;
-    if (!(int32 || int64) || index_dtype.lanes != 1) {
-      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "index_dtype: must be int32 or int64");
-    }
-    if (nnz < 0) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "nnz: %" PRId64 " must be >= 0", nnz);
-    *bytes = device_type == kDLCUDA ? embedding_renorm_cuda_workspace_bytes(
-                                          int32 ? IndexType::kI32 : IndexType::kI64, nnz)
-                                    : 0;
+    SPEMBED_RETURN_IF_ERROR(check_device_type(device_type));
+    SPEMBED_RETURN_IF_ERROR(check_index_query(index_dtype, nnz));
+    const IndexType index_type = index_dtype.bits == 32 ? IndexType::kI32 : IndexType::kI64;
+    *bytes = device_type == kDLCUDA ? embedding_renorm_cuda_workspace_bytes(index_type, nnz) : 0;
     return SPEMBED_STATUS_SUCCESS;
   });
 }

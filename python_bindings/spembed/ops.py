@@ -43,17 +43,19 @@ def check_scale_grad_by_freq(mode: str, scale_grad_by_freq: bool, where: str) ->
                                    "scale_grad_by_freq=True")
 
 
-def call_op(op, *args):
+def call_op(op, *args, index_message=None):
     """Calls a spembed op and raises the package's exception classes
     (spembed.errors) in place of the op's ValueError / IndexError /
-    NotImplementedError, message unchanged. Under torch.compile the op is
-    called as it is: the fake kernels check nothing data-dependent."""
+    NotImplementedError, message unchanged (an IndexError's passed through
+    index_message(message) when given). Under torch.compile the op is called
+    as it is: the fake kernels check nothing data-dependent."""
     if torch.compiler.is_compiling():
         return op(*args)
     try:
         return op(*args)
     except IndexError as e:
-        raise IndexOutOfRangeError(str(e)) from None
+        message = str(e) if index_message is None else index_message(str(e))
+        raise IndexOutOfRangeError(message) from None
     except NotImplementedError as e:
         raise NotSupportedError(str(e)) from None
     except ValueError as e:
@@ -182,19 +184,10 @@ def _renorm(weight, indices, max_norm, norm_type, bounds, input, rows, pad) -> N
     place, under no_grad, by max_norm / (norm + 1e-7). torch does not check
     max_norm / norm_type; the library needs both finite and > 0 and raises
     InvalidArgumentError with its message otherwise."""
-    args = (weight, indices, float(max_norm), float(norm_type), bounds)
     with torch.no_grad():
-        if torch.compiler.is_compiling():
-            torch.ops.spembed.embedding_renorm_(*args)
-            return
-        try:
-            torch.ops.spembed.embedding_renorm_(*args)
-        except IndexError as e:
-            raise IndexOutOfRangeError(_id_problem(input, rows, pad, str(e))) from None
-        except NotImplementedError as e:
-            raise NotSupportedError(str(e)) from None
-        except ValueError as e:
-            raise InvalidArgumentError(str(e)) from None
+        call_op(torch.ops.spembed.embedding_renorm_, weight, indices, float(max_norm),
+                float(norm_type), bounds,
+                index_message=lambda message: _id_problem(input, rows, pad, message))
 
 
 def _with_end(offsets: torch.Tensor, end) -> torch.Tensor:
@@ -289,14 +282,8 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
         out = run(offs)
     else:
         def attempt(o):
-            try:
-                return run(o)
-            except IndexError as e:
-                raise IndexOutOfRangeError(_id_problem(input, rows, pad, str(e))) from None
-            except NotImplementedError as e:
-                raise NotSupportedError(str(e)) from None
-            except ValueError as e:
-                raise InvalidArgumentError(str(e)) from None
+            return call_op(run, o,
+                           index_message=lambda message: _id_problem(input, rows, pad, message))
 
         try:
             out = attempt(offs)

@@ -5,6 +5,7 @@
 
 #include "host/common/errors.h"
 #include "host/common/handle.h"
+#include "kernels/common/cpu_parallel.h"
 
 using spembed::detail::fail;
 using spembed::detail::guarded;
@@ -36,6 +37,26 @@ const char* spembed_status_string(spembed_status_t status) {
 }
 
 const char* spembed_last_error(void) { return spembed::detail::last_error_message(); }
+
+spembed_status_t spembed_set_num_threads(int threads) {
+  return guarded("spembed_set_num_threads", [&] {
+    if (threads < 0) {
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "threads: must be >= 0 (0: the default), got %d",
+                  threads);
+    }
+    spembed::detail::set_cpu_threads(threads);
+    return SPEMBED_STATUS_SUCCESS;
+  });
+}
+
+spembed_status_t spembed_get_num_threads(int* threads) {
+  return guarded("spembed_get_num_threads", [&] {
+    if (threads == nullptr)
+      return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "threads: must not be NULL");
+    *threads = spembed::detail::cpu_threads();
+    return SPEMBED_STATUS_SUCCESS;
+  });
+}
 
 spembed_status_t spembed_create(spembed_handle_t* handle) {
   return guarded("spembed_create", [&] {

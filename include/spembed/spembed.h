@@ -122,6 +122,15 @@ const char* spembed_status_string(spembed_status_t status);
  * thread's next spembed call. */
 const char* spembed_last_error(void);
 
+/* Threads the CPU implementation (kDLCPU tensors) uses, for the whole process.
+ * 0 restores the default: the SPEMBED_NUM_THREADS environment variable if set,
+ * else the hardware threads. The threads are started once and kept; results do
+ * not depend on the count. The torch op layer sets it to
+ * torch.get_num_threads() before each CPU call. Negative: INVALID_ARGUMENT. */
+spembed_status_t spembed_set_num_threads(int threads);
+/* The thread count CPU calls use now (never below 1). */
+spembed_status_t spembed_get_num_threads(int* threads);
+
 /* A handle binds to the current CUDA device if one is usable, else to the CPU
  * only. It allocates nothing on the device. */
 spembed_status_t spembed_create(spembed_handle_t* handle);

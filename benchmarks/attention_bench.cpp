@@ -79,6 +79,7 @@
 #include "attention_baseline.h"
 #include "bench_common.h"
 #include "id_sampler.h"
+#include "kernels/attention/attention_dispatch.h"
 #include "spembed/spembed.h"
 
 namespace spembed_bench {
@@ -316,14 +317,53 @@ class SpembedCall {
 struct Row {
   std::string group;
   std::string peer;
+  std::string kernel;  // which kernels ran: "tensor-core", "simt", "cpu", or the peer's own
   double us;
   double tflops;
 };
 std::vector<Row> g_rows;
 
+// The spembed kernels a GPU case dispatches to, by the library's own rule
+// (kernels/attention/attention_dispatch.h); every benchmark buffer is
+// cudaMalloc'd and packed, so rows are 16-byte aligned whenever the head
+// dim is a multiple of 8 elements. `force_simt` is the SPEMBED_ATTENTION_KERNELS=simt
+// override of the spembed_simt peer.
+std::string gpu_kernel_variant(const AttnCase& c, bool force_simt) {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, g_gpu->device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, g_gpu->device);
+  const spembed::detail::DType dtype = c.type == AttnType::kF16    ? spembed::detail::DType::kF16
+                                       : c.type == AttnType::kBF16 ? spembed::detail::DType::kBF16
+                                                                   : spembed::detail::DType::kF32;
+  const bool tensor_core = !force_simt && spembed::detail::use_tensor_core_attention(
+                                              spembed::detail::compute_capability(major, minor),
+                                              dtype, c.shape->head_dim, true);
+  return tensor_core ? "tensor-core" : "simt";
+}
+
+// Sets SPEMBED_ATTENTION_KERNELS=simt while alive (the library reads it on
+// every call), for the spembed_simt peer.
+class ForceSimtKernels {
+ public:
+  explicit ForceSimtKernels(bool active) : active_(active) {
+    if (active_) setenv("SPEMBED_ATTENTION_KERNELS", "simt", 1);
+  }
+  ~ForceSimtKernels() {
+    if (active_) unsetenv("SPEMBED_ATTENTION_KERNELS");
+  }
+  ForceSimtKernels(const ForceSimtKernels&) = delete;
+  ForceSimtKernels& operator=(const ForceSimtKernels&) = delete;
+
+ private:
+  bool active_;
+};
+
 void report_attention(benchmark::State& state, const AttnCase& c, const std::string& peer,
+                      const std::string& kernel, const std::string& note,
                       std::vector<double> seconds) {
   if (seconds.empty()) return;
+  // The kernels that ran, in the JSON too (bench_report.py shows the label).
+  state.SetLabel("kernels: " + kernel + (note.empty() ? "" : "; " + note));
   std::sort(seconds.begin(), seconds.end());
   const double median = seconds[seconds.size() / 2];
   const double flops = c.flops();
@@ -331,7 +371,7 @@ void report_attention(benchmark::State& state, const AttnCase& c, const std::str
   state.counters["TFLOPs"] = flops / median / 1e12;
   state.counters["model_flops"] = flops;
   state.counters["pairs"] = c.shape->pairs;
-  g_rows.push_back({c.group(), peer, median * 1e6, flops / median / 1e12});
+  g_rows.push_back({c.group(), peer, kernel, median * 1e6, flops / median / 1e12});
 }
 
 // ---- GPU ------------------------------------------------------------------------------------
@@ -506,7 +546,8 @@ void checked_spembed_call(Call&& call, const char* what) {
 }
 
 template <typename Run>
-void time_gpu(benchmark::State& state, const AttnCase& c, const std::string& peer, Run&& run) {
+void time_gpu(benchmark::State& state, const AttnCase& c, const std::string& peer,
+              const std::string& kernel, const std::string& note, Run&& run) {
   for (int i = 1; i < kGpuWarmup; ++i) time_gpu_run(run);
   std::vector<double> seconds;
   for (auto _ : state) {
@@ -514,7 +555,7 @@ void time_gpu(benchmark::State& state, const AttnCase& c, const std::string& pee
     state.SetIterationTime(sec);
     seconds.push_back(sec);
   }
-  report_attention(state, c, peer, std::move(seconds));
+  report_attention(state, c, peer, kernel, note, std::move(seconds));
 }
 
 // The forward peers: poison the output, run once, compare with the reference,
@@ -523,7 +564,9 @@ void bench_forward_gpu(benchmark::State& state, const AttnCase& c, const std::st
   prepare_gpu_case(c);
   const AttnShape& s = *c.shape;
   const int64_t n = s.total_q() * s.heads * s.head_dim;
-  if (peer == "stock" && !g_attn->ref_error.empty()) {
+  const bool spembed = peer != "stock";
+  const ForceSimtKernels force_simt(peer == "spembed_simt");
+  if (!spembed && !g_attn->ref_error.empty()) {
     state.SkipWithError(("stock path: " + g_attn->ref_error).c_str());
     return;
   }
@@ -532,7 +575,7 @@ void bench_forward_gpu(benchmark::State& state, const AttnCase& c, const std::st
              "poison");
   SpembedCall call(c, g_attn->pointers(), DLDevice{kDLCUDA, g_gpu->device});
   std::function<void()> run;
-  if (peer == "spembed") {
+  if (spembed) {
     checked_spembed_call(
         [&](DLTensor* report) {
           return call.forward(g_gpu->handle, report, g_attn->fwd_ws.ptr, g_attn->fwd_ws.bytes,
@@ -548,6 +591,7 @@ void bench_forward_gpu(benchmark::State& state, const AttnCase& c, const std::st
     run = [&] { run_stock(c, g_attn->out.ptr); };
     run();
   }
+  std::string note;
   if (g_attn->ref_error.empty()) {
     const std::string bad = mismatches(g_attn->out.ptr, g_attn->ref.ptr, c.type, n,
                                        tolerance(c.type), "O differ from the stock path's");
@@ -556,12 +600,14 @@ void bench_forward_gpu(benchmark::State& state, const AttnCase& c, const std::st
       return;
     }
   } else {
-    state.SetLabel("unverified: no stock reference (" + g_attn->ref_error + ")");
+    note = "unverified: no stock reference (" + g_attn->ref_error + ")";
   }
-  time_gpu(state, c, peer, run);
+  time_gpu(state, c, peer, spembed ? gpu_kernel_variant(c, peer == "spembed_simt") : "cuBLAS", note,
+           run);
 }
 
-void bench_backward_gpu(benchmark::State& state, const AttnCase& c) {
+void bench_backward_gpu(benchmark::State& state, const AttnCase& c, const std::string& peer) {
+  const ForceSimtKernels force_simt(peer == "spembed_simt");
   prepare_gpu_case(c);
   const AttnShape& s = *c.shape;
   if (g_attn->dq.ptr == nullptr) {
@@ -604,12 +650,12 @@ void bench_backward_gpu(benchmark::State& state, const AttnCase& c) {
     state.SkipWithError(bad.c_str());
     return;
   }
-  state.SetLabel("no C++ peer: gradients checked finite, not compared");
-  time_gpu(state, c, "spembed", [&] {
-    check_spembed(call.backward(g_gpu->handle, nullptr, g_attn->bwd_ws.ptr, g_attn->bwd_ws.bytes,
-                                g_gpu->stream),
-                  "spembed attention backward");
-  });
+  time_gpu(state, c, peer, gpu_kernel_variant(c, peer == "spembed_simt"),
+           "no C++ peer: gradients checked finite, not compared", [&] {
+             check_spembed(call.backward(g_gpu->handle, nullptr, g_attn->bwd_ws.ptr,
+                                         g_attn->bwd_ws.bytes, g_gpu->stream),
+                           "spembed attention backward");
+           });
 }
 
 // ---- CPU -------------------------------------------------------------------------------------
@@ -699,7 +745,7 @@ void bench_cpu(benchmark::State& state, const AttnCase& c) {
   };
   if (c.backward) forward();  // O and lse for the backward (untimed)
   for (int i = 0; i < kCpuWarmup; ++i) run();
-  report_attention(state, c, "spembed", time_cpu_iterations(state, run));
+  report_attention(state, c, "spembed", "cpu", "", time_cpu_iterations(state, run));
 }
 
 // ---- registration -------------------------------------------------------------------------
@@ -711,7 +757,7 @@ void register_attn(const AttnCase& c, const std::string& peer) {
     if (!g_config.gpu) {
       bench_cpu(state, c);
     } else if (c.backward) {
-      bench_backward_gpu(state, c);
+      bench_backward_gpu(state, c, peer);
     } else {
       bench_forward_gpu(state, c, peer);
     }
@@ -724,7 +770,9 @@ const char* attention_flop_model() {
   return "Attention FLOP model: pairs = unmasked (query, key) pairs summed over sequences "
          "(counted on the host); forward = 4 * heads * head_dim * pairs; backward = 2.5 * "
          "forward. Padded peers are credited with the same useful FLOPs. Attention peers: "
-         "spembed (forward with lse; backward deterministic, its forward untimed), stock = pad "
+         "spembed (forward with lse; backward deterministic, its forward untimed; the kernels "
+         "column names the variant the dispatcher chose), spembed_simt = the SIMT kernels on "
+         "the same inputs (SPEMBED_ATTENTION_KERNELS=simt; fp16 / bf16, GPU only), stock = pad "
          "+ cuBLAS strided-batched GEMM Q K^T + masked softmax + GEMM P V + unpad, all timed "
          "(forward only, GPU only).\n";
 }
@@ -737,6 +785,8 @@ void register_attention() {
       for (bool backward : {false, true}) {
         const AttnCase c{&s, t, backward};
         register_attn(c, "spembed");
+        // The SIMT kernels on the same inputs, where the tensor-core ones may serve.
+        if (g_config.gpu && t != AttnType::kF32) register_attn(c, "spembed_simt");
         if (g_config.gpu && !backward) register_attn(c, "stock");
       }
     }
@@ -753,12 +803,13 @@ void print_attention_summary() {
   std::printf(
       "\nAttention summary (median of the timed runs; TFLOP/s by the FLOP model above; "
       "speedup = peer time / spembed time)\n");
-  std::printf("%-60s %-10s %11s %9s %8s\n", "case", "peer", "us", "TFLOP/s", "speedup");
+  std::printf("%-60s %-13s %-12s %11s %9s %8s\n", "case", "peer", "kernels", "us", "TFLOP/s",
+              "speedup");
   const std::vector<std::string> speedup = speedup_cells(g_rows);
   for (size_t i = 0; i < g_rows.size(); ++i) {
     const Row& r = g_rows[i];
-    std::printf("%-60s %-10s %11.1f %9.4g %8s\n", r.group.c_str(), r.peer.c_str(), r.us, r.tflops,
-                speedup[i].c_str());
+    std::printf("%-60s %-13s %-12s %11.1f %9.4g %8s\n", r.group.c_str(), r.peer.c_str(),
+                r.kernel.c_str(), r.us, r.tflops, speedup[i].c_str());
   }
 }
 

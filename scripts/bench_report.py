@@ -26,7 +26,9 @@ of its dense and sparse=True variants) on every shape.
 The attention benchmarks (names attn/<shape>/<dtype>/<fwd|bwd>/<peer>) get one
 table: a row per (shape, dtype, direction), the peers side by side (median
 us, TFLOP/s by the FLOP model, and spembed's speedup over that peer: the
-peer's time over spembed's), with torch_attention.py's peers merged in
+peer's time over spembed's; spembed's cells name the kernels that ran,
+[tensor-core], [simt] or [cpu], and the spembed_simt column runs the SIMT
+kernels on the same inputs), with torch_attention.py's peers merged in
 (--torch-attention; the table is complete without it, on CPU runs too). Then
 the attention targets (GPU runs), judged per case: fp16 / bf16
 forward >= 1.2x FA2 varlen (the faster of torch_varlen and
@@ -356,6 +358,9 @@ def attention_section(context, attn_rows, torch_info, gpu):
                 cell = f"{fmt(r['us'])} / {r['TFLOPs']:.3g}"
                 if mine_ok is not None and p != "spembed":
                     cell += f" / {r['us'] / mine_ok['us']:.2f}x"
+                kernels = attention_kernels(r)
+                if kernels:
+                    cell += f" [{kernels}]"
                 cells.append(cell)
         lines.append(f"| {shape} | {dtype} | {direction} | " + " | ".join(cells) + " |")
         checks.extend(attention_checks(case, peers, torch_info is not None))
@@ -369,6 +374,14 @@ def attention_section(context, attn_rows, torch_info, gpu):
     return lines
 
 
+def attention_kernels(row):
+    """The kernel variant spembed_bench names in a row's label ("kernels: simt; ...")."""
+    label = row.get("label", "")
+    if not label.startswith("kernels: "):
+        return ""
+    return label[len("kernels: "):].split(";")[0]
+
+
 def attention_checks(case, peers, have_torch):
     """(case, target, value, met) of the attention targets for one case."""
     shape, dtype, direction = case.split("/")
@@ -376,7 +389,9 @@ def attention_checks(case, peers, have_torch):
     if mine is None or "error" in mine:
         err = (mine or {}).get("error", "no result")
         return [(case, "spembed ran", err, None if "cannot allocate" in err else False)]
-    ok = {p: r for p, r in peers.items() if "error" not in r and p != "spembed"}
+    # Peers are other libraries: spembed's own variants (spembed_simt) are not.
+    ok = {p: r for p, r in peers.items()
+          if "error" not in r and p != "spembed" and not p.startswith("spembed_")}
 
     def versus(names, factor, what):
         target = f">= {factor}x {what}"

@@ -41,9 +41,12 @@
 extern "C" {
 #endif
 
-/* Same type as NCCL's ncclComm_t, declared here so users need no NCCL header. */
+/* Same type as NCCL's ncclComm_t, declared here so users need no NCCL header
+ * (skipped when nccl.h came first: C99 forbids repeating a typedef). */
+#ifndef NCCL_H_
 struct ncclComm;
 typedef struct ncclComm* ncclComm_t;
+#endif
 
 typedef struct spembed_comm_st* spembed_comm_t;
 typedef struct spembed_sharded_collection_st* spembed_sharded_collection_t;
@@ -51,9 +54,12 @@ typedef struct spembed_sharded_collection_st* spembed_sharded_collection_t;
 /* ---- communicators ----------------------------------------------------------- */
 
 /* A communicator over the caller's NCCL communicator (borrowed: it must
- * outlive the spembed communicator). Rank and world come from NCCL. Its
- * exchanges are ncclSend / ncclRecv in a group on the call's stream. Returns
- * NOT_SUPPORTED in a build without NCCL. */
+ * outlive the spembed communicator), on the handle's CUDA device. Rank and
+ * world come from NCCL. Its exchanges are ncclSend / ncclRecv in one group
+ * on the call's stream; the counts all-gather copies to the host and
+ * synchronises the stream. NCCL is loaded at run time (libnccl.so.2), so
+ * libspembed has no link dependency on it: NOT_SUPPORTED when it cannot be
+ * loaded, or in a build without nccl.h. Allocates a small device buffer. */
 spembed_status_t spembed_comm_create_nccl(spembed_handle_t handle, ncclComm_t nccl,
                                           spembed_comm_t* comm);
 

@@ -70,6 +70,8 @@ struct spembed_sharded_collection_st {
   WorkspacePlan ws;
   // Scratch sized at create, so that calls allocate nothing.
   std::vector<int64_t> record, records, counts, cursor, source_cursor;
+  int64_t lookup_status = 0;             // sent with the pooled rows to every rank
+  std::vector<int64_t> lookup_statuses;  // [W] received
   std::vector<CommPiece> sends, recvs;
   std::vector<RouteDest> dests;
   std::vector<RouteReceived> received;
@@ -568,8 +570,9 @@ extern "C" spembed_status_t spembed_sharded_collection_create(
     c->counts.assign(T * W, 0);
     c->cursor.assign(T * W, 0);
     c->source_cursor.assign(W, 0);
-    c->sends.reserve(5 * W);
-    c->recvs.reserve(5 * W);
+    c->lookup_statuses.assign(W, 0);
+    c->sends.reserve(6 * W);
+    c->recvs.reserve(6 * W);
     c->dests.resize(W);
     c->received.resize(W);
     c->pooled_a.resize(W);
@@ -659,14 +662,18 @@ extern "C" spembed_status_t spembed_sharded_collection_forward(
                                                     nullptr, nullptr, 0, stream);
     }
 
-    // Pooled rows back to the ranks whose samples they are.
+    // Pooled rows back to the ranks whose samples they are, each with this
+    // rank's lookup status, so that every rank sees a failed local lookup.
     const size_t W = static_cast<size_t>(c.world);
+    c.lookup_status = inner;
     c.sends.clear();
     c.recvs.clear();
     int64_t first = 0;
     for (size_t p = 0; p < W; ++p) {
       const int peer = static_cast<int>(p);
       const int64_t b = batch_of(c, p);
+      // (host memory: the CUDA path, once written, needs a device copy)
+      c.sends.push_back({peer, &c.lookup_status, sizeof(int64_t)});
       c.sends.push_back({peer, rows_a + static_cast<size_t>(first * dim_a) * esize,
                          static_cast<size_t>(b * dim_a) * esize});
       c.sends.push_back({peer, rows_b + static_cast<size_t>(first * dim_b) * 4,
@@ -674,6 +681,7 @@ extern "C" spembed_status_t spembed_sharded_collection_forward(
       first += b;
       char* back = ws + c.ws.back_at[p];
       char* back_b = back + static_cast<size_t>(c.max_batch * c.layout.dim_a[p]) * 4;
+      c.recvs.push_back({peer, &c.lookup_statuses[p], sizeof(int64_t)});
       c.recvs.push_back({peer, back, static_cast<size_t>(in.batch * c.layout.dim_a[p]) * esize});
       c.recvs.push_back({peer, back_b, static_cast<size_t>(in.batch * c.layout.dim_b[p]) * 4});
       c.pooled_a[p] = back;
@@ -682,6 +690,12 @@ extern "C" spembed_status_t spembed_sharded_collection_forward(
     SPEMBED_RETURN_IF_ERROR(
         c.comm->exchange(c.sends.data(), c.sends.size(), c.recvs.data(), c.recvs.size(), stream));
     if (inner != SPEMBED_STATUS_SUCCESS) return inner;
+    for (size_t p = 0; p < W; ++p) {
+      if (c.lookup_statuses[p] != SPEMBED_STATUS_SUCCESS) {
+        return fail(static_cast<spembed_status_t>(c.lookup_statuses[p]),
+                    "%s: the local lookup of rank %zu failed; nothing was written", kFn, p);
+      }
+    }
     route_combine(make_combine(c, in, ws), c.pooled_a.data(), c.pooled_b.data(), in.dtype, in.rows,
                   in.row_stride);
     return SPEMBED_STATUS_SUCCESS;

@@ -23,20 +23,22 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 // Byte offsets of the workspace's regions, fixed at create from the capacity.
 struct WorkspacePlan {
-  size_t bag_counts = 0;                // int64 [T * Bm]
-  size_t send_lengths = 0;              // int64, per rank d: [L_d * Bm] at send_lengths_at[d]
-  size_t send_ids = 0;                  // int64 [Nm]
-  size_t send_weights = 0;              // float [Nm]
-  size_t recv_lengths = 0;              // int64, per source s: [L * Bm]
-  size_t recv_ids = 0;                  // int64 [W * Nm]
-  size_t recv_weights = 0;              // float [W * Nm]
-  size_t offsets_a = 0;                 // int64 [L_a * W * Bm + 1]
-  size_t offsets_b = 0;                 // int64 [L_b * W * Bm + 1]
-  size_t ids = 0;                       // int64 [W * Nm]
-  size_t weights = 0;                   // float [W * Nm]
-  size_t rows_a = 0;                    // [W * Bm, dim_a] of 4-byte (or narrower) elements
-  size_t rows_b = 0;                    // float [W * Bm, dim_b]
-  size_t back = 0;                      // per rank d: [Bm, dim_a[d]] then float [Bm, dim_b[d]]
+  size_t bag_counts = 0;    // int64 [T * Bm]
+  size_t send_lengths = 0;  // int64, per rank d: [L_d * Bm] at send_lengths_at[d]
+  size_t send_ids = 0;      // int64 [Nm]
+  size_t send_weights = 0;  // float [Nm]
+  size_t recv_lengths = 0;  // int64, per source s: [L * Bm]
+  size_t recv_ids = 0;      // int64 [W * Nm]
+  size_t recv_weights = 0;  // float [W * Nm]
+  size_t offsets_a = 0;     // int64 [L_a * W * Bm + 1]
+  size_t offsets_b = 0;     // int64 [L_b * W * Bm + 1]
+  size_t ids = 0;           // int64 [W * Nm]
+  size_t weights = 0;       // float [W * Nm]
+  size_t rows_a = 0;        // [W * Bm, dim_a] of 4-byte (or narrower) elements
+  size_t rows_b = 0;        // float [W * Bm, dim_b]
+  size_t argmax = 0;        // MAX backward: int64 [W * Bm, dim_a], the recomputed argmax
+  size_t max_out = 0;       // and its forward output, float [W * Bm, dim_a]
+  size_t back = 0;          // per rank d: [Bm, dim_a[d]] then float [Bm, dim_b[d]]
   std::vector<size_t> send_lengths_at;  // [W]
   std::vector<size_t> back_at;          // [W]
   size_t total = 0;
@@ -90,7 +92,8 @@ namespace {
 
 using Collection = spembed_sharded_collection_st;
 
-WorkspacePlan plan_workspace(const ShardLayout& l, int rank, int64_t max_batch, int64_t max_ids) {
+WorkspacePlan plan_workspace(const ShardLayout& l, int rank, int64_t max_batch, int64_t max_ids,
+                             bool max_pooling) {
   WorkspacePlan p;
   const size_t W = static_cast<size_t>(l.world);
   const size_t Bm = static_cast<size_t>(max_batch);
@@ -121,6 +124,10 @@ WorkspacePlan plan_workspace(const ShardLayout& l, int rank, int64_t max_batch, 
   p.weights = take(4 * W * Nm);
   p.rows_a = take(4 * W * Bm * dim_a);
   p.rows_b = take(4 * W * Bm * dim_b);
+  if (max_pooling) {
+    p.argmax = take(8 * W * Bm * dim_a);
+    p.max_out = take(4 * W * Bm * dim_a);
+  }
   p.back = at;
   p.back_at.resize(W);
   for (size_t d = 0; d < W; ++d) {
@@ -203,7 +210,8 @@ spembed_status_t check_inputs(const Collection& c, const DLTensor* indices, cons
   if (weights != nullptr) {
     if (c.options.pooling != SPEMBED_POOLING_SUM) {
       return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                  "per_sample_weights: only with SUM pooling (the collection's is MEAN)");
+                  "per_sample_weights: only with SUM pooling (the collection's is %s)",
+                  c.options.pooling == SPEMBED_POOLING_MEAN ? "MEAN" : "MAX");
     }
     SPEMBED_RETURN_IF_ERROR(check_cpu(*weights, "per_sample_weights"));
     SPEMBED_RETURN_IF_ERROR(check_dtype_is(*weights, "per_sample_weights", kFloat32, "float32"));
@@ -497,13 +505,29 @@ extern "C" spembed_status_t spembed_sharded_collection_create(
     spembed_embedding_bag_options_t opts;
     spembed_embedding_bag_options_init(&opts);
     if (options != nullptr) opts = *options;
-    if (opts.pooling == SPEMBED_POOLING_MAX || opts.pooling == SPEMBED_POOLING_NONE) {
+    if (opts.pooling == SPEMBED_POOLING_NONE) {
       return fail(SPEMBED_STATUS_NOT_SUPPORTED,
-                  "options.pooling: %s is not supported by the sharded collection (SUM and MEAN "
-                  "are; MAX would need a max-reduction with argmax across ROW_WISE shards)",
-                  opts.pooling == SPEMBED_POOLING_MAX ? "MAX" : "NONE");
+                  "options.pooling: NONE is not supported by the sharded collection (SUM, MEAN "
+                  "and, for TABLE_WISE tables, MAX are)");
     }
-    if (opts.pooling != SPEMBED_POOLING_SUM && opts.pooling != SPEMBED_POOLING_MEAN) {
+    if (opts.pooling == SPEMBED_POOLING_MAX) {
+      for (int64_t t = 0; t < num_tables; ++t) {
+        if (plan[t].sharding == SPEMBED_SHARDING_ROW_WISE) {
+          return fail(SPEMBED_STATUS_NOT_SUPPORTED,
+                      "plan[%" PRId64
+                      "]: ROW_WISE with MAX pooling is not supported (it would "
+                      "need a max-reduction with argmax across the row blocks); use TABLE_WISE "
+                      "or SUM / MEAN",
+                      t);
+        }
+      }
+      if (opts.scale_grad_by_freq) {
+        return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                    "options.scale_grad_by_freq: not with MAX pooling (as torch)");
+      }
+    }
+    if (opts.pooling != SPEMBED_POOLING_SUM && opts.pooling != SPEMBED_POOLING_MEAN &&
+        opts.pooling != SPEMBED_POOLING_MAX) {
       return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "options.pooling: %d is not a pooling mode",
                   static_cast<int>(opts.pooling));
     }
@@ -562,7 +586,8 @@ extern "C" spembed_status_t spembed_sharded_collection_create(
       SPEMBED_RETURN_IF_ERROR(
           spembed_table_batch_create(handle, shards + num_a, num_shards - num_a, &c->batch_b));
     }
-    c->ws = plan_workspace(c->layout, c->rank, max_local_batch, max_local_ids);
+    c->ws = plan_workspace(c->layout, c->rank, max_local_batch, max_local_ids,
+                           opts.pooling == SPEMBED_POOLING_MAX);
     const size_t W = static_cast<size_t>(c->world);
     const size_t T = static_cast<size_t>(num_tables);
     c->record.assign(kCounts + W, 0);
@@ -819,6 +844,16 @@ extern "C" spembed_status_t spembed_sharded_collection_backward(
       args.states2 = states2;
       args.optimizer = optimizer;
       const spembed_embedding_bag_options_t o = local_options(c, true);
+      // MAX: the forward keeps no state, so its argmax is recomputed here
+      // (same ids in the same order: the same winners as the forward's).
+      View argmax(ws + c.ws.argmax, kInt64, r.total_batch, dim_a);
+      if (o.pooling == SPEMBED_POOLING_MAX) {
+        View out(ws + c.ws.max_out, kFloat32, r.total_batch, dim_a);
+        SPEMBED_RETURN_IF_ERROR(
+            spembed_embedding_bag_batched_forward(c.handle, c.batch_a, &ids.t, &offs.t, nullptr, &o,
+                                                  &out.t, &argmax.t, nullptr, nullptr, 0, stream));
+        args.argmax = &argmax.t;
+      }
       SPEMBED_RETURN_IF_ERROR(spembed_embedding_bag_batched_backward(c.handle, c.batch_a, &args, &o,
                                                                      SPEMBED_BACKWARD_DETERMINISTIC,
                                                                      nullptr, nullptr, 0, stream));

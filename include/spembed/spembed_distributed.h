@@ -135,9 +135,10 @@ spembed_status_t spembed_shard_plan_local_shards(const spembed_table_spec_t* spe
  *            ([rows, dim], table_dtype, the communicator's device: CPU for the
  *            in-process one); borrowed, they must outlive the collection. NULL
  *            when num_shards is 0.
- *  options   the collection's pooling (SUM or MEAN; MAX and NONE are
- *            NOT_SUPPORTED), padding_idx (applies to every table) and bounds
- *            policy, scale_grad_by_freq; fixed_bag_size must be 0. NULL: defaults.
+ *  options   the collection's pooling (SUM, MEAN, or MAX when every table is
+ *            TABLE_WISE; ROW_WISE with MAX and NONE are NOT_SUPPORTED),
+ *            padding_idx (applies to every table), bounds policy,
+ *            scale_grad_by_freq; fixed_bag_size must be 0. NULL: defaults.
  *  max_local_batch, max_local_ids  capacity: the largest B_local and the
  *            largest number of ids any rank passes in one call (>= 0). They
  *            size the workspace; a call over them is INVALID_ARGUMENT. */
@@ -176,7 +177,8 @@ spembed_status_t spembed_sharded_collection_forward(
  * local shard order as the optimizer needs (see spembed_optimizer_t), else
  * NULL. Every row gets the sum over the global batch of its contributions,
  * then one optimizer step, exactly as spembed_embedding_bag_batched_backward
- * on the global batch. The ids are routed again (the forward keeps no state). */
+ * on the global batch. The ids are routed again (the forward keeps no state;
+ * with MAX the owners recompute the forward's argmax). */
 spembed_status_t spembed_sharded_collection_backward(
     spembed_sharded_collection_t collection, const DLTensor* indices, const DLTensor* offsets,
     const DLTensor* per_sample_weights, const DLTensor* grad_output, DLTensor* states1,

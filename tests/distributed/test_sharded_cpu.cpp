@@ -256,10 +256,13 @@ void run_case(const Case& c) {
     HostTensor g_w = make_f32_tensor(g.weights);
     HostTensor ref_out(c.out_dtype, {Btot, D});
     ref_out.fill_bytes(kPoisonByte);
+    const bool max = c.pooling == SPEMBED_POOLING_MAX;
+    HostTensor ref_argmax(c.index_dtype, {Btot, D});
     if (!expect_error) {
-      ASSERT_EQ(spembed_embedding_bag_batched_forward(
-                    handle, ref_batch, g_ids.dl(), g_offs.dl(), c.weighted ? g_w.dl() : nullptr,
-                    &options, ref_out.dl(), nullptr, nullptr, nullptr, 0, nullptr),
+      ASSERT_EQ(spembed_embedding_bag_batched_forward(handle, ref_batch, g_ids.dl(), g_offs.dl(),
+                                                      c.weighted ? g_w.dl() : nullptr, &options,
+                                                      ref_out.dl(), max ? ref_argmax.dl() : nullptr,
+                                                      nullptr, nullptr, 0, nullptr),
                 SPEMBED_STATUS_SUCCESS)
           << spembed_last_error();
     }
@@ -362,6 +365,7 @@ void run_case(const Case& c) {
       args.offsets = g_offs.dl();
       args.per_sample_weights = c.weighted ? g_w.dl() : nullptr;
       args.grad_output = g_grad.dl();
+      args.argmax = max ? ref_argmax.dl() : nullptr;
       args.states1 = full_s1_views.empty() ? nullptr : full_s1_views.data();
       args.states2 = full_s2_views.empty() ? nullptr : full_s2_views.data();
       args.optimizer = &opt;
@@ -464,6 +468,25 @@ INSTANTIATE_TEST_SUITE_P(All, ShardedOptimizers,
                          ::testing::Values(SPEMBED_OPTIMIZER_SGD, SPEMBED_OPTIMIZER_ADAGRAD,
                                            SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD,
                                            SPEMBED_OPTIMIZER_ADAM));
+
+TEST(Sharded, MaxPoolingTableWise) {
+  for (int world = 1; world <= 4; ++world) {
+    for (spembed_optimizer_t opt : {SPEMBED_OPTIMIZER_SGD, SPEMBED_OPTIMIZER_ADAM}) {
+      Case c;
+      c.world = world;
+      c.batch.clear();
+      for (int r = 0; r < world; ++r) c.batch.push_back(3 - r % 2);
+      c.plan = {{TW, 0}, {TW, world - 1}, {TW, world / 2}, {TW, 0}};
+      c.pooling = SPEMBED_POOLING_MAX;
+      c.padding_idx = world == 3 ? 1 : -1;
+      c.table_dtype = world == 2 ? kBF16 : kF32;
+      c.optimizer = opt;
+      c.seed = 300 + static_cast<uint64_t>(world * 10 + opt);
+      run_case(c);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
 
 TEST(Sharded, WeightedInt32Fp16TablesBf16Output) {
   for (int world : {1, 3}) {

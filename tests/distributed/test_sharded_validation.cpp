@@ -440,7 +440,9 @@ TEST(ShardedValidation, CreateArguments) {
   expect_fails(create(swapped.data(), 2, nullptr), SPEMBED_STATUS_INVALID_ARGUMENT, "shards[0]");
   spembed_embedding_bag_options_t o;
   spembed_embedding_bag_options_init(&o);
-  o.pooling = SPEMBED_POOLING_MAX;
+  o.pooling = SPEMBED_POOLING_MAX;  // table 1 is ROW_WISE
+  expect_fails(create(v.data(), 2, &o), SPEMBED_STATUS_NOT_SUPPORTED, "plan[1]: ROW_WISE with MAX");
+  o.pooling = SPEMBED_POOLING_NONE;
   expect_fails(create(v.data(), 2, &o), SPEMBED_STATUS_NOT_SUPPORTED, "options.pooling");
   spembed_embedding_bag_options_init(&o);
   o.fixed_bag_size = 2;

@@ -517,6 +517,20 @@ TEST(Sharded, EmptyLocalBatchEmptyFeatureAndPadding) {
   run_case(c);
 }
 
+TEST(Sharded, RankWithoutShards) {
+  for (spembed_optimizer_t opt : {SPEMBED_OPTIMIZER_ADAGRAD, SPEMBED_OPTIMIZER_ADAM}) {
+    Case c;
+    c.world = 3;
+    c.rows = {40, 2, 2, 25};  // ROW_WISE blocks of 1 row: rank 2 holds none
+    c.plan = {{TW, 0}, {RW, -1}, {RW, -1}, {TW, 1}};
+    c.batch = {2, 3, 4};
+    c.pooling = SPEMBED_POOLING_MEAN;
+    c.optimizer = opt;
+    c.seed = 500 + static_cast<uint64_t>(opt);
+    run_case(c);
+  }
+}
+
 TEST(Sharded, AllRanksEmpty) {
   Case c;
   c.world = 2;

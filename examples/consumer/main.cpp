@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include <spembed/spembed.hpp>
+#include <spembed/spembed_distributed.h>
 
 int main() {
   float table[4][2] = {{1, 2}, {3, 4}, {5, 6}, {7, 8}};
@@ -31,6 +32,15 @@ int main() {
         return 1;
       }
     }
+  }
+  // The distributed header is installed too: a one-rank in-process communicator.
+  spembed_comm_t comm = nullptr;
+  int rank = -1, world = -1;
+  if (spembed_comm_create_in_process(1, &comm) != SPEMBED_STATUS_SUCCESS ||
+      spembed_comm_rank(comm, &rank, &world) != SPEMBED_STATUS_SUCCESS || rank != 0 ||
+      world != 1 || spembed_comm_destroy(comm) != SPEMBED_STATUS_SUCCESS) {
+    std::printf("consumer: in-process communicator failed: %s\n", spembed_last_error());
+    return 1;
   }
   std::printf("consumer: spembed %d OK\n", spembed::version());
   return 0;

@@ -1,7 +1,8 @@
 // Mean-pools two bags of a 4 x 2 float table on the CPU with the C++ API and
 // checks the result: the smallest complete use of an installed spembed.
-#include <cstdio>
+#include <spembed/spembed_distributed.h>
 
+#include <cstdio>
 #include <spembed/spembed.hpp>
 
 int main() {
@@ -9,7 +10,8 @@ int main() {
   int64_t ids[3] = {0, 3, 2};
   int64_t offsets[3] = {0, 2, 3};  // bag 0 = rows {0, 3}, bag 1 = row {2}
   float out[2][2] = {};
-  int64_t table_shape[2] = {4, 2}, ids_shape[1] = {3}, offsets_shape[1] = {3}, out_shape[2] = {2, 2};
+  int64_t table_shape[2] = {4, 2}, ids_shape[1] = {3}, offsets_shape[1] = {3},
+          out_shape[2] = {2, 2};
   const DLDevice cpu{kDLCPU, 0};
   const DLDataType f32{kDLFloat, 32, 1}, i64{kDLInt, 64, 1};
   DLTensor t{table, cpu, 2, f32, table_shape, nullptr, 0};
@@ -20,9 +22,8 @@ int main() {
   spembed::Handle handle;
   spembed::ForwardExtras extras;
   extras.offsets = &o;
-  handle.embedding_bag_forward(t, i, y,
-                               spembed::EmbeddingBagOptions().with_pooling(SPEMBED_POOLING_MEAN),
-                               extras);
+  handle.embedding_bag_forward(
+      t, i, y, spembed::EmbeddingBagOptions().with_pooling(SPEMBED_POOLING_MEAN), extras);
   const float expected[2][2] = {{4, 5}, {5, 6}};
   for (int b = 0; b < 2; ++b) {
     for (int d = 0; d < 2; ++d) {
@@ -31,6 +32,15 @@ int main() {
         return 1;
       }
     }
+  }
+  // The distributed header is installed too: a one-rank in-process communicator.
+  spembed_comm_t comm = nullptr;
+  int rank = -1, world = -1;
+  if (spembed_comm_create_in_process(1, &comm) != SPEMBED_STATUS_SUCCESS ||
+      spembed_comm_rank(comm, &rank, &world) != SPEMBED_STATUS_SUCCESS || rank != 0 || world != 1 ||
+      spembed_comm_destroy(comm) != SPEMBED_STATUS_SUCCESS) {
+    std::printf("consumer: in-process communicator failed: %s\n", spembed_last_error());
+    return 1;
   }
   std::printf("consumer: spembed %d OK\n", spembed::version());
   return 0;

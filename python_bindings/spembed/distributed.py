@@ -553,18 +553,11 @@ class ShardedEmbeddingBagCollection(torch.nn.Module):
                     cols = slice(self.col[t], self.col[t + 1])
                     scaled[:, cols] /= r.count[t].clamp(min=1).to(torch.float32)[:, None]
             grad = scaled
-        pieces = []
-        for o in range(W):
-            for s in self.shards_of[o]:
-                pieces.append(grad[:, self.col[s.table]:self.col[s.table + 1]])
-        send = (torch.cat(pieces, 1) if pieces else grad[:, :0]).contiguous()
-        # send is [B, sum over owners of their widths]; each owner's slice
-        # must be contiguous: regroup per owner.
-        flat, c = [], 0
-        for o in range(W):
-            flat.append(send[:, c:c + self.width_of[o]].reshape(-1))
-            c += self.width_of[o]
-        send = torch.cat(flat) if flat else send.reshape(-1)
+        # Owner o gets [B, its width]: its shards' columns, in its local order.
+        blocks = [torch.cat([grad[:, self.col[s.table]:self.col[s.table + 1]]
+                             for s in self.shards_of[o]], 1).reshape(-1)
+                  for o in range(W) if self.shards_of[o]]
+        send = torch.cat(blocks) if blocks else grad.new_empty(0)
         recv = send.new_empty(r.Bg * self.width_of[me])
         dist.all_to_all_single(recv, send, [r.Bs[s] * self.width_of[me] for s in range(W)],
                                [r.B * self.width_of[o] for o in range(W)], group=self.pg)

@@ -62,3 +62,11 @@ t_build=$((SECONDS - t0))
 cd "$SPEMBED_ROOT/python_bindings/tests"
 echo "test_python: torch $TORCH_VERSION: install ${t_install}s, package build ${t_build}s"
 "$PY" -m pytest -q -p no:cacheprovider -rs .
+
+# The sharded training example on 2 CPU ranks (gloo): rank 0 trains the
+# unsharded model beside it and the run fails unless the losses match.
+echo "test_python: examples/distributed_train.py under torchrun, 2 CPU ranks"
+example_log=$("$PY" -m torch.distributed.run --standalone --nproc_per_node=2 \
+  "$SPEMBED_ROOT/examples/distributed_train.py" 2>&1) || { echo "$example_log"; exit 1; }
+echo "$example_log" | grep -E "^step|losses"
+echo "$example_log" | grep -q "^losses match$"

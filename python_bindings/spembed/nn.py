@@ -132,6 +132,89 @@ class EmbeddingBag(torch.nn.Module):
         return bag
 
 
+def check_optimizer(optimizer: str) -> None:
+    if optimizer not in _ops.OPTIMIZERS:
+        raise InvalidArgumentError(
+            f"spembed: optimizer must be one of {sorted(_ops.OPTIMIZERS)}, got {optimizer!r}")
+
+
+def fused_hparams(lr, eps, betas, weight_decay, seed, stochastic_rounding) -> dict:
+    return dict(lr=lr, eps=eps, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay,
+                seed=seed, stochastic_rounding=stochastic_rounding)
+
+
+def optimizer_state_shapes(optimizer: str, shape) -> List[Tuple[int, Tuple[int, ...]]]:
+    """(which, size) of each float32 state the fused optimizer keeps for a
+    table (or shard) of `shape` [rows, dim]; which is 1 or 2."""
+    states = OPTIMIZER_STATES[_ops.OPTIMIZERS[optimizer]]
+    return [(which, tuple(shape) if kind == "element" else tuple(shape[:1]))
+            for which, kind in enumerate(states, start=1) if kind is not None]
+
+
+def init_table(rows: int, dim: int, padding_idx: Optional[int], device=None, dtype=None,
+               generator: Optional[torch.Generator] = None) -> Tensor:
+    """A table as EmbeddingBagCollection initialises it: uniform in
+    +-sqrt(1 / rows), the padding row zero."""
+    w = torch.empty(rows, dim, device=device, dtype=dtype)
+    bound = (1.0 / rows) ** 0.5
+    if generator is None:
+        torch.nn.init.uniform_(w, -bound, bound)
+    else:
+        with torch.no_grad():
+            w.uniform_(-bound, bound, generator=generator)
+    if padding_idx is not None and padding_idx < rows:
+        with torch.no_grad():
+            w[padding_idx] = 0
+    return w
+
+
+def batched_fused_step(weights, states1, states2, grad_output, indices, offsets, psw, argmax,
+                       lookup, optimizer: str, hparams: dict, step: int,
+                       scale_grad_by_freq: bool) -> None:
+    """One fused optimizer step of a batched lookup's tables (the collection's
+    backward): step counts the steps taken so far, this one included."""
+    h = hparams
+    torch.ops.spembed.embedding_bag_batched_fused_step(
+        list(weights), list(states1), list(states2), grad_output, indices, offsets, psw, argmax,
+        *lookup, int(_ops.OPTIMIZERS[optimizer]), h["lr"], h["eps"], h["beta1"], h["beta2"],
+        h["weight_decay"], step, h["seed"] + step, h["stochastic_rounding"],
+        int(scale_grad_by_freq))
+
+
+def to_table_major(features, offsets, num_tables: int):
+    """The collections' input forms as one table-major (indices, offsets):
+    a list of num_tables (values, offsets) pairs or 2-D values, or
+    (indices, offsets [T * B + 1]) as given."""
+    if isinstance(features, (list, tuple)):
+        if offsets is not None:
+            raise InvalidArgumentError("spembed: with per-feature (values, offsets) pairs, "
+                                       "the offsets argument must be None")
+        if len(features) != num_tables:
+            raise InvalidArgumentError(f"spembed: expected {num_tables} features, "
+                                       f"got {len(features)}")
+        vals, offs, base = [], [], None
+        for values, feature_offsets in features:
+            if values.dim() == 2:
+                if feature_offsets is not None:
+                    raise InvalidArgumentError("spembed: 2-D values take offsets None")
+                b, length = values.shape
+                feature_offsets = torch.arange(0, b * length + 1, max(length, 1),
+                                               device=values.device,
+                                               dtype=values.dtype)[: b + 1]
+                values = values.reshape(-1)
+            feature_offsets = feature_offsets.to(values.dtype)
+            shift = feature_offsets[:-1] if base is None else feature_offsets[:-1] + base
+            offs.append(shift)
+            base = (feature_offsets[-1:] if base is None else feature_offsets[-1:] + base)
+            vals.append(values)
+        offs.append(base)
+        return torch.cat(vals), torch.cat(offs)
+    if offsets is None:
+        raise InvalidArgumentError(
+            "spembed: offsets [T * B + 1] are required with table-major indices")
+    return features, offsets.to(features.dtype)
+
+
 TableSpec = Union[Tuple[int, int], Sequence[int]]
 
 
@@ -185,28 +268,19 @@ class EmbeddingBagCollection(torch.nn.Module):
         self.dims = [int(d) for _, d in tables]
         self.optimizer = optimizer
         fused = optimizer is not None
-        if fused and optimizer not in _ops.OPTIMIZERS:
-            raise InvalidArgumentError(
-                f"spembed: optimizer must be one of {sorted(_ops.OPTIMIZERS)}, got {optimizer!r}")
+        if fused:
+            check_optimizer(optimizer)
         self.weights = torch.nn.ParameterList()
         for rows, dim in tables:
-            w = torch.empty(int(rows), int(dim), device=device, dtype=dtype)
-            torch.nn.init.uniform_(w, -(1.0 / rows) ** 0.5, (1.0 / rows) ** 0.5)
-            if padding_idx is not None and padding_idx < rows:
-                w[padding_idx] = 0
+            w = init_table(int(rows), int(dim), padding_idx, device=device, dtype=dtype)
             self.weights.append(torch.nn.Parameter(w, requires_grad=not fused))
         if fused:
-            self.hparams = dict(lr=lr, eps=eps, beta1=betas[0], beta2=betas[1],
-                                weight_decay=weight_decay, seed=seed,
-                                stochastic_rounding=stochastic_rounding)
+            self.hparams = fused_hparams(lr, eps, betas, weight_decay, seed, stochastic_rounding)
             self.step = 0
-            states = OPTIMIZER_STATES[_ops.OPTIMIZERS[optimizer]]
             for t, w in enumerate(self.weights):
-                for which, shape in enumerate(states, start=1):
-                    if shape is not None:
-                        size = w.shape if shape == "element" else w.shape[:1]
-                        self.register_buffer(f"state{which}_{t}", torch.zeros(
-                            size, device=w.device, dtype=torch.float32))
+                for which, size in optimizer_state_shapes(optimizer, w.shape):
+                    self.register_buffer(f"state{which}_{t}", torch.zeros(
+                        size, device=w.device, dtype=torch.float32))
             # Makes the output require grad so that the backward (the fused
             # step) runs; it never receives a gradient.
             self._trigger = torch.zeros((), requires_grad=True)
@@ -220,34 +294,7 @@ class EmbeddingBagCollection(torch.nn.Module):
                 if hasattr(self, f"state{which}_{t}")]
 
     def _table_major(self, features, offsets):
-        if isinstance(features, (list, tuple)):
-            if offsets is not None:
-                raise InvalidArgumentError("spembed: with per-feature (values, offsets) pairs, "
-                                           "the offsets argument must be None")
-            if len(features) != len(self.weights):
-                raise InvalidArgumentError(f"spembed: expected {len(self.weights)} features, "
-                                           f"got {len(features)}")
-            vals, offs, base = [], [], None
-            for values, feature_offsets in features:
-                if values.dim() == 2:
-                    if feature_offsets is not None:
-                        raise InvalidArgumentError("spembed: 2-D values take offsets None")
-                    b, length = values.shape
-                    feature_offsets = torch.arange(0, b * length + 1, max(length, 1),
-                                                   device=values.device,
-                                                   dtype=values.dtype)[: b + 1]
-                    values = values.reshape(-1)
-                feature_offsets = feature_offsets.to(values.dtype)
-                shift = feature_offsets[:-1] if base is None else feature_offsets[:-1] + base
-                offs.append(shift)
-                base = (feature_offsets[-1:] if base is None else feature_offsets[-1:] + base)
-                vals.append(values)
-            offs.append(base)
-            return torch.cat(vals), torch.cat(offs)
-        if offsets is None:
-            raise InvalidArgumentError(
-                "spembed: offsets [T * B + 1] are required with table-major indices")
-        return features, offsets.to(features.dtype)
+        return to_table_major(features, offsets, len(self.weights))
 
     def forward(self, features: Union[Tensor, Sequence[Tuple[Tensor, Optional[Tensor]]]],
                 offsets: Optional[Tensor] = None,
@@ -273,12 +320,9 @@ class EmbeddingBagCollection(torch.nn.Module):
 
     def _fused_step(self, grad_output, indices, offsets, psw, argmax, lookup):
         self.step += 1
-        h = self.hparams
-        torch.ops.spembed.embedding_bag_batched_fused_step(
-            list(self.weights), self._states(1), self._states(2), grad_output, indices, offsets,
-            psw, argmax, *lookup, int(_ops.OPTIMIZERS[self.optimizer]), h["lr"], h["eps"],
-            h["beta1"], h["beta2"], h["weight_decay"], self.step, h["seed"] + self.step,
-            h["stochastic_rounding"], int(self.scale_grad_by_freq))
+        batched_fused_step(self.weights, self._states(1), self._states(2), grad_output, indices,
+                           offsets, psw, argmax, lookup, self.optimizer, self.hparams, self.step,
+                           self.scale_grad_by_freq)
 
 
 class _FusedBatchedLookup(torch.autograd.Function):

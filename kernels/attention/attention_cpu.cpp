@@ -43,64 +43,10 @@ CpuSequence sequence(const AttentionParams& p, int64_t b) {
   return s;
 }
 
-// Row `token`, head `head` of a token tensor widened to float64 into dst,
-// zero from head_dim up to dp.
-void load_row(const AttentionParams& p, const TokenTensor& t, int64_t token, int head, double* dst,
-              int dp) {
-  const int64_t base = t.offset(token, head);
-  const int d = p.head_dim;
-  switch (p.dtype) {
-    case DType::kF16: {
-      const uint16_t* src = static_cast<const uint16_t*>(t.data) + base;
-      for (int c = 0; c < d; ++c) dst[c] = half_to_float(src[c]);
-      break;
-    }
-    case DType::kBF16: {
-      const uint16_t* src = static_cast<const uint16_t*>(t.data) + base;
-      for (int c = 0; c < d; ++c) dst[c] = bf16_to_float(src[c]);
-      break;
-    }
-    case DType::kF32:
-    default: {
-      const float* src = static_cast<const float*>(t.data) + base;
-      for (int c = 0; c < d; ++c) dst[c] = src[c];
-      break;
-    }
-  }
-  for (int c = d; c < dp; ++c) dst[c] = 0.0;
-}
-
-// `row` times `mul` into row `token`, head `head` of an output token tensor,
-// rounded to float32 and then to the dtype.
-void store_row(const AttentionParams& p, const TokenTensor& t, int64_t token, int head,
-               const double* row, double mul) {
-  const int64_t base = t.offset(token, head);
-  const int d = p.head_dim;
-  void* data = const_cast<void*>(t.data);
-  switch (p.dtype) {
-    case DType::kF16: {
-      uint16_t* dst = static_cast<uint16_t*>(data) + base;
-      for (int c = 0; c < d; ++c) dst[c] = float_to_half(static_cast<float>(mul * row[c]));
-      break;
-    }
-    case DType::kBF16: {
-      uint16_t* dst = static_cast<uint16_t*>(data) + base;
-      for (int c = 0; c < d; ++c) dst[c] = float_to_bf16(static_cast<float>(mul * row[c]));
-      break;
-    }
-    case DType::kF32:
-    default: {
-      float* dst = static_cast<float*>(data) + base;
-      for (int c = 0; c < d; ++c) dst[c] = static_cast<float>(mul * row[c]);
-      break;
-    }
-  }
-}
-
 // The tile kernels, once per instruction set.
 #if SPEMBED_ATTN_X86
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
+#pragma GCC target("avx512f,avx2,fma,f16c")
 namespace avx512 {
 #define SPEMBED_ATTN_LANES 8
 #include "kernels/attention/attention_cpu_tiles.inc"
@@ -109,7 +55,7 @@ namespace avx512 {
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
 #define SPEMBED_ATTN_LANES 4
 #include "kernels/attention/attention_cpu_tiles.inc"
@@ -145,8 +91,10 @@ const TileKernels& tile_kernels() {
   static const TileKernels kernels = [] {
 #if SPEMBED_ATTN_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return SPEMBED_ATTN_KERNELS(avx512);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f")) return SPEMBED_ATTN_KERNELS(avx512);
+    if (avx2) {
       return SPEMBED_ATTN_KERNELS(avx2);
     }
 #endif
@@ -157,7 +105,7 @@ const TileKernels& tile_kernels() {
 
 // Rows (queries or keys) per work item: enough to amortise widening the keys
 // an item sees, small enough to balance a few long sequences over threads.
-constexpr int64_t kChunk = 64;
+constexpr int64_t kChunk = 256;
 
 struct Item {
   int64_t b;
@@ -231,8 +179,8 @@ void attention_backward_cpu(const AttentionParams& p) {
     std::vector<double> a(static_cast<size_t>(p.head_dim)), o(a.size());
     for (int64_t t = begin; t < end; ++t) {
       for (int h = 0; h < p.heads; ++h) {
-        load_row(p, p.dout, t, h, a.data(), p.head_dim);
-        load_row(p, p.out, t, h, o.data(), p.head_dim);
+        portable::load_row(p, p.dout, t, h, a.data(), p.head_dim);
+        portable::load_row(p, p.out, t, h, o.data(), p.head_dim);
         double s = 0.0;
         for (int c = 0; c < p.head_dim; ++c)
           s += a[static_cast<size_t>(c)] * o[static_cast<size_t>(c)];

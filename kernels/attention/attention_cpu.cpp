@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -87,20 +89,34 @@ struct TileKernels {
         ns::dkv_item                                                                     \
   }
 
+// The widest instruction set the CPU has, capped by
+// SPEMBED_ATTENTION_CPU_ISA=avx2 | portable (an internal override for tests
+// and benchmarks, read on every call).
 const TileKernels& tile_kernels() {
-  static const TileKernels kernels = [] {
+  enum Level { kPortable, kAvx2, kAvx512 };
+  static const Level best = [] {
 #if SPEMBED_ATTN_X86
     __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("f16c");
-    if (avx2 && __builtin_cpu_supports("avx512f")) return SPEMBED_ATTN_KERNELS(avx512);
-    if (avx2) {
-      return SPEMBED_ATTN_KERNELS(avx2);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+      return __builtin_cpu_supports("avx512f") ? kAvx512 : kAvx2;
     }
 #endif
-    return SPEMBED_ATTN_KERNELS(portable);
+    return kPortable;
   }();
-  return kernels;
+  Level level = best;
+  if (const char* isa = std::getenv("SPEMBED_ATTENTION_CPU_ISA")) {
+    if (std::strcmp(isa, "portable") == 0) level = kPortable;
+    if (std::strcmp(isa, "avx2") == 0 && level > kAvx2) level = kAvx2;
+  }
+#if SPEMBED_ATTN_X86
+  static const TileKernels avx512_kernels = SPEMBED_ATTN_KERNELS(avx512);
+  static const TileKernels avx2_kernels = SPEMBED_ATTN_KERNELS(avx2);
+  if (level == kAvx512) return avx512_kernels;
+  if (level == kAvx2) return avx2_kernels;
+#endif
+  static const TileKernels portable_kernels = SPEMBED_ATTN_KERNELS(portable);
+  return portable_kernels;
 }
 
 // Rows (queries or keys) per work item: enough to amortise widening the keys

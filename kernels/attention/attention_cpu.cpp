@@ -1,13 +1,29 @@
 // CPU implementation of the varlen attention forward and backward: the oracle
-// of the CUDA tests and the path used without a GPU. Plain loops in float64
-// (inputs widened exactly, outputs rounded once to their dtype), split over
-// threads by query token (forward, dQ) or key token (dK, dV), so every output
-// element is one sequential sum: results are deterministic.
+// of the CUDA tests and the path used without a GPU. float64 throughout
+// (inputs widened exactly, outputs rounded once to their dtype), in tiles: a
+// block of query rows against a block of keys, flash-attention style (online
+// softmax over key blocks of 256), vectorized over keys (scores) and the head
+// dimension (P V and the gradients) with the widest instruction set the CPU
+// has (AVX-512, AVX2 + FMA, or portable code; attention_cpu_tiles.inc).
+//
+// Work items are (sequence, kv head, query chunk) for the forward and dQ and
+// (sequence, kv head, key chunk) for dK / dV, run longest first on the worker
+// pool. Every output element is written by one item, in an order fixed by
+// the shapes: results are deterministic and independent of the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define SPEMBED_ATTN_X86 1
+#else
+#define SPEMBED_ATTN_X86 0
+#endif
 
 #include "kernels/attention/attention.h"
 #include "kernels/common/cpu_parallel.h"
@@ -16,77 +32,12 @@
 namespace spembed::detail {
 namespace {
 
-double load(DType t, const void* base, int64_t i) {
-  switch (t) {
-    case DType::kF16:
-      return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::kBF16:
-      return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::kF32:
-    default:
-      return static_cast<const float*>(base)[i];
-  }
-}
-
-void store(DType t, void* base, int64_t i, double v) {
-  const float f = static_cast<float>(v);
-  switch (t) {
-    case DType::kF16:
-      static_cast<uint16_t*>(base)[i] = float_to_half(f);
-      break;
-    case DType::kBF16:
-      static_cast<uint16_t*>(base)[i] = float_to_bf16(f);
-      break;
-    case DType::kF32:
-    default:
-      static_cast<float*>(base)[i] = f;
-      break;
-  }
-}
-
-// Row `token`, head `head` of a token tensor, widened to float64.
-void read_row(const AttentionParams& p, const TokenTensor& t, int64_t token, int head,
-              double* row) {
-  const int64_t base = t.offset(token, head);
-  for (int c = 0; c < p.head_dim; ++c) row[c] = load(p.dtype, t.data, base + c);
-}
-
-// `row` times `mul` into row `token`, head `head` of an output token tensor,
-// rounded to the dtype.
-void write_row(const AttentionParams& p, const TokenTensor& t, int64_t token, int head,
-               const std::vector<double>& row, double mul) {
-  const int64_t base = t.offset(token, head);
-  for (int c = 0; c < p.head_dim; ++c) {
-    store(p.dtype, const_cast<void*>(t.data), base + c, mul * row[static_cast<size_t>(c)]);
-  }
-}
-
-// The sequence holding token `t` of a tensor whose offsets are `cu`.
-int64_t sequence_of(const int32_t* cu, int64_t batch, int64_t t) {
-  // The last b with cu[b] <= t; empty sequences share their offset with the
-  // next one, and upper_bound skips past them.
-  const int32_t* it = std::upper_bound(cu, cu + batch + 1, static_cast<int32_t>(t));
-  return (it - cu) - 1;
-}
-
-// Work per thread below which the loops run inline (a row of attention is
-// already ~Lk * head_dim multiply-adds).
-constexpr int64_t kMinRowsPerThread = 16;
-
-double dot(const double* a, const double* b, int n) {
-  double s = 0.0;
-  for (int c = 0; c < n; ++c) s += a[c] * b[c];
-  return s;
-}
-
-// Scaled scores of query row `qrow` against the keys [j0, j1) of sequence
-// starting at key token `k0`; masked keys get -inf.
-struct Sequence {
+struct CpuSequence {
   int64_t q0, lq, k0, lk;
 };
 
-Sequence sequence(const AttentionParams& p, int64_t b) {
-  Sequence s;
+CpuSequence sequence(const AttentionParams& p, int64_t b) {
+  CpuSequence s;
   s.q0 = p.cu_seqlens_q[b];
   s.lq = p.cu_seqlens_q[b + 1] - s.q0;
   s.k0 = p.cu_seqlens_k[b];
@@ -94,141 +45,177 @@ Sequence sequence(const AttentionParams& p, int64_t b) {
   return s;
 }
 
-// The sequence of query token t and the keys its row sees.
-struct QueryKeys {
-  Sequence seq;
-  Range keys;
+// The tile kernels, once per instruction set.
+#if SPEMBED_ATTN_X86
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma,f16c")
+namespace avx512 {
+#define SPEMBED_ATTN_LANES 8
+#include "kernels/attention/attention_cpu_tiles.inc"
+#undef SPEMBED_ATTN_LANES
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace avx2 {
+#define SPEMBED_ATTN_LANES 4
+#include "kernels/attention/attention_cpu_tiles.inc"
+#undef SPEMBED_ATTN_LANES
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+namespace portable {
+#define SPEMBED_ATTN_LANES 1
+#include "kernels/attention/attention_cpu_tiles.inc"
+#undef SPEMBED_ATTN_LANES
+}  // namespace portable
+
+struct TileKernels {
+  int64_t (*forward_scratch)(int, int64_t);
+  int64_t (*dq_scratch)(int, int64_t);
+  int64_t (*dkv_scratch)(int, int64_t);
+  void (*forward_item)(const AttentionParams&, const CpuSequence&, int, int64_t, int64_t, double*);
+  void (*dq_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
+                  double*);
+  void (*dkv_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
+                   double*);
 };
 
-QueryKeys query_keys(const AttentionParams& p, int64_t t) {
-  const Sequence seq = sequence(p, sequence_of(p.cu_seqlens_q, p.batch, t));
-  const int64_t i = t - seq.q0;
-  return {seq, visible_keys(p.band, seq.lq, seq.lk, i, i + 1)};
+#define SPEMBED_ATTN_KERNELS(ns)                                                         \
+  TileKernels {                                                                          \
+    ns::forward_scratch, ns::dq_scratch, ns::dkv_scratch, ns::forward_item, ns::dq_item, \
+        ns::dkv_item                                                                     \
+  }
+
+// The widest instruction set the CPU has, capped by
+// SPEMBED_ATTENTION_CPU_ISA=avx2 | portable (an internal override for tests
+// and benchmarks, read on every call).
+const TileKernels& tile_kernels() {
+  enum Level { kPortable, kAvx2, kAvx512 };
+  static const Level best = [] {
+#if SPEMBED_ATTN_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+      return __builtin_cpu_supports("avx512f") ? kAvx512 : kAvx2;
+    }
+#endif
+    return kPortable;
+  }();
+  Level level = best;
+  if (const char* isa = std::getenv("SPEMBED_ATTENTION_CPU_ISA")) {
+    if (std::strcmp(isa, "portable") == 0) level = kPortable;
+    if (std::strcmp(isa, "avx2") == 0 && level > kAvx2) level = kAvx2;
+  }
+#if SPEMBED_ATTN_X86
+  static const TileKernels avx512_kernels = SPEMBED_ATTN_KERNELS(avx512);
+  static const TileKernels avx2_kernels = SPEMBED_ATTN_KERNELS(avx2);
+  if (level == kAvx512) return avx512_kernels;
+  if (level == kAvx2) return avx2_kernels;
+#endif
+  static const TileKernels portable_kernels = SPEMBED_ATTN_KERNELS(portable);
+  return portable_kernels;
+}
+
+// Rows (queries or keys) per work item: enough to amortise widening the keys
+// an item sees, small enough to balance a few long sequences over threads.
+constexpr int64_t kChunk = 256;
+
+struct Item {
+  int64_t b;
+  int kh;
+  int64_t begin, end;  // query rows (forward, dQ) or keys (dK / dV) of sequence b
+  int64_t cost;        // (query, key) pairs, for the longest-first order
+  int64_t keys;        // keys the item widens (its scratch size)
+};
+
+// Items over the query rows (by_keys false) or the keys of every sequence.
+std::vector<Item> make_items(const AttentionParams& p, bool by_keys) {
+  std::vector<Item> items;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const CpuSequence seq = sequence(p, b);
+    const int64_t n = by_keys ? seq.lk : seq.lq;
+    for (int64_t begin = 0; begin < n; begin += kChunk) {
+      const int64_t end = std::min(n, begin + kChunk);
+      const Range other = by_keys ? visible_queries(p.band, seq.lq, seq.lk, begin, end)
+                                  : visible_keys(p.band, seq.lq, seq.lk, begin, end);
+      const int64_t span = std::max<int64_t>(other.end - other.begin, 0);
+      for (int kh = 0; kh < p.kv_heads; ++kh) {
+        items.push_back(
+            {b, kh, begin, end, (end - begin) * (span + 1), by_keys ? end - begin : span});
+      }
+    }
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& x, const Item& y) { return x.cost > y.cost; });
+  return items;
+}
+
+// Runs body(item, scratch) for every item on the worker pool; scratch holds
+// scratch_doubles(item) doubles, reused by each thread.
+template <typename Scratch, typename Body>
+void run_items(const std::vector<Item>& items, Scratch&& scratch_doubles, Body&& body) {
+  struct Context {
+    const std::vector<Item>* items;
+    Scratch* scratch;
+    Body* body;
+  } context{&items, &scratch_doubles, &body};
+  run_chunks(
+      static_cast<int64_t>(items.size()), cpu_threads(),
+      [](void* raw, int64_t i) {
+        auto* c = static_cast<Context*>(raw);
+        const Item& item = (*c->items)[static_cast<size_t>(i)];
+        thread_local std::vector<double> scratch;
+        const size_t need = static_cast<size_t>((*c->scratch)(item));
+        if (scratch.size() < need) scratch.resize(need);
+        (*c->body)(item, scratch.data());
+      },
+      &context);
 }
 
 }  // namespace
 
 void attention_forward_cpu(const AttentionParams& p) {
-  const int d = p.head_dim;
-  const double neg_inf = -std::numeric_limits<double>::infinity();
-  parallel_for(p.total_q, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
-    std::vector<double> q(static_cast<size_t>(d)), k(static_cast<size_t>(d));
-    std::vector<double> v(static_cast<size_t>(d)), o(static_cast<size_t>(d)), s;
-    for (int64_t t = begin; t < end; ++t) {
-      const auto [seq, keys] = query_keys(p, t);
-      const int64_t j0 = keys.begin, j1 = keys.end;
-      for (int h = 0; h < p.heads; ++h) {
-        const int kh = h / p.group();
-        read_row(p, p.q, t, h, q.data());
-        s.assign(static_cast<size_t>(std::max<int64_t>(j1 - j0, 0)), 0.0);
-        double m = neg_inf;
-        for (int64_t j = j0; j < j1; ++j) {
-          read_row(p, p.k, seq.k0 + j, kh, k.data());
-          const double x = p.scale * dot(q.data(), k.data(), d);
-          s[static_cast<size_t>(j - j0)] = x;
-          m = std::max(m, x);
-        }
-        std::fill(o.begin(), o.end(), 0.0);
-        double l = 0.0;
-        for (int64_t j = j0; j < j1; ++j) {
-          const double e = std::exp(s[static_cast<size_t>(j - j0)] - m);
-          l += e;
-          read_row(p, p.v, seq.k0 + j, kh, v.data());
-          for (int c = 0; c < d; ++c) o[static_cast<size_t>(c)] += e * v[static_cast<size_t>(c)];
-        }
-        // No visible key: O = 0 and LSE = -inf (l = 0 leaves o at 0).
-        const double inv = l > 0.0 ? 1.0 / l : 0.0;
-        write_row(p, p.out, t, h, o, inv);
-        if (p.lse != nullptr) {
-          p.lse[h * p.total_q + t] = l > 0.0 ? static_cast<float>(m + std::log(l))
-                                             : -std::numeric_limits<float>::infinity();
-        }
-      }
-    }
-  });
+  const TileKernels& k = tile_kernels();
+  const std::vector<Item> items = make_items(p, false);
+  run_items(
+      items, [&](const Item& it) { return k.forward_scratch(p.head_dim, it.keys); },
+      [&](const Item& it, double* work) {
+        k.forward_item(p, sequence(p, it.b), it.kh, it.begin, it.end, work);
+      });
 }
-
-namespace {
-
-// P and dS of query token t (sequence-relative row i), head h, against key j:
-// P = exp(scale * q.k - lse), dS = P * (dO.v - D). Zero where the key is
-// hidden or the row saw nothing (lse = -inf).
-struct ProbGrad {
-  double p, ds;
-};
-
-ProbGrad prob_grad(const AttentionParams& p, const double* q, const double* dout, double lse,
-                   double rowsum, const double* k, const double* v) {
-  if (std::isinf(lse) && lse < 0) return {0.0, 0.0};
-  const double prob = std::exp(p.scale * dot(q, k, p.head_dim) - lse);
-  return {prob, prob * (dot(dout, v, p.head_dim) - rowsum)};
-}
-
-// rowsum(dO * O) of token t, head h.
-double rowsum_dout_out(const AttentionParams& p, int64_t t, int h, double* a, double* b) {
-  read_row(p, p.dout, t, h, a);
-  read_row(p, p.out, t, h, b);
-  return dot(a, b, p.head_dim);
-}
-
-}  // namespace
 
 void attention_backward_cpu(const AttentionParams& p) {
-  const int d = p.head_dim;
-  const size_t ds = static_cast<size_t>(d);
-  // dQ: one query token per step, every head.
-  parallel_for(p.total_q, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
-    std::vector<double> q(ds), dout(ds), o(ds), k(ds), v(ds), acc(ds);
+  const TileKernels& k = tile_kernels();
+  // D = rowsum(dO * O) of every (head, query token), from O as given.
+  std::vector<double> rowsum(static_cast<size_t>(p.heads * p.total_q));
+  parallel_for(p.total_q, 64, [&](int64_t begin, int64_t end) {
+    std::vector<double> a(static_cast<size_t>(p.head_dim)), o(a.size());
     for (int64_t t = begin; t < end; ++t) {
-      const auto [seq, keys] = query_keys(p, t);
-      const int64_t j0 = keys.begin, j1 = keys.end;
       for (int h = 0; h < p.heads; ++h) {
-        const int kh = h / p.group();
-        const double rowsum = rowsum_dout_out(p, t, h, dout.data(), o.data());
-        read_row(p, p.q, t, h, q.data());
-        const double lse = p.lse[h * p.total_q + t];
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int64_t j = j0; j < j1; ++j) {
-          read_row(p, p.k, seq.k0 + j, kh, k.data());
-          read_row(p, p.v, seq.k0 + j, kh, v.data());
-          const ProbGrad g = prob_grad(p, q.data(), dout.data(), lse, rowsum, k.data(), v.data());
-          for (size_t c = 0; c < ds; ++c) acc[c] += g.ds * k[c];
-        }
-        write_row(p, p.dq, t, h, acc, p.scale);
+        portable::load_row(p, p.dout, t, h, a.data(), p.head_dim);
+        portable::load_row(p, p.out, t, h, o.data(), p.head_dim);
+        double s = 0.0;
+        for (int c = 0; c < p.head_dim; ++c)
+          s += a[static_cast<size_t>(c)] * o[static_cast<size_t>(c)];
+        rowsum[static_cast<size_t>(h * p.total_q + t)] = s;
       }
     }
   });
-  // dK, dV: one key token per step, every kv head, summed over its query heads.
-  parallel_for(p.total_k, kMinRowsPerThread, [&](int64_t begin, int64_t end) {
-    std::vector<double> q(ds), dout(ds), o(ds), k(ds), v(ds), dk(ds), dv(ds);
-    for (int64_t t = begin; t < end; ++t) {
-      const Sequence seq = sequence(p, sequence_of(p.cu_seqlens_k, p.batch, t));
-      const int64_t j = t - seq.k0;
-      const Range queries = visible_queries(p.band, seq.lq, seq.lk, j, j + 1);
-      const int64_t i0 = queries.begin, i1 = queries.end;
-      for (int kh = 0; kh < p.kv_heads; ++kh) {
-        read_row(p, p.k, t, kh, k.data());
-        read_row(p, p.v, t, kh, v.data());
-        std::fill(dk.begin(), dk.end(), 0.0);
-        std::fill(dv.begin(), dv.end(), 0.0);
-        for (int h = kh * p.group(); h < (kh + 1) * p.group(); ++h) {
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t qt = seq.q0 + i;
-            const double rowsum = rowsum_dout_out(p, qt, h, dout.data(), o.data());
-            read_row(p, p.q, qt, h, q.data());
-            const double lse = p.lse[h * p.total_q + qt];
-            const ProbGrad g = prob_grad(p, q.data(), dout.data(), lse, rowsum, k.data(), v.data());
-            for (size_t c = 0; c < ds; ++c) {
-              dv[c] += g.p * dout[c];
-              dk[c] += g.ds * q[c];
-            }
-          }
-        }
-        write_row(p, p.dk, t, kh, dk, p.scale);
-        write_row(p, p.dv, t, kh, dv, 1.0);
-      }
-    }
-  });
+  const std::vector<Item> q_items = make_items(p, false);
+  run_items(
+      q_items, [&](const Item& it) { return k.dq_scratch(p.head_dim, it.keys); },
+      [&](const Item& it, double* work) {
+        k.dq_item(p, rowsum.data(), sequence(p, it.b), it.kh, it.begin, it.end, work);
+      });
+  const std::vector<Item> k_items = make_items(p, true);
+  run_items(
+      k_items, [&](const Item& it) { return k.dkv_scratch(p.head_dim, it.keys); },
+      [&](const Item& it, double* work) {
+        k.dkv_item(p, rowsum.data(), sequence(p, it.b), it.kh, it.begin, it.end, work);
+      });
 }
 
 }  // namespace spembed::detail

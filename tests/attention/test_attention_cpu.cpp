@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <string>
 
@@ -14,24 +15,23 @@ namespace spembed_test {
 namespace {
 
 class AttentionCpu : public ::testing::Test {
- protected:
+ public:
   void SetUp() override { ASSERT_EQ(spembed_create(&handle_), SPEMBED_STATUS_SUCCESS); }
   void TearDown() override { spembed_destroy(handle_); }
 
   void forward(AttentionData& d, HostTensor& out, HostTensor* lse) {
-    ASSERT_EQ(spembed_varlen_attention_forward(handle_, d.q.dl(), d.k.dl(), d.v.dl(), d.cu_q.dl(),
-                                               d.cu_k.dl(), &d.options, out.dl(),
-                                               lse ? lse->dl() : nullptr, nullptr, nullptr, 0,
-                                               nullptr),
+    ASSERT_EQ(spembed_varlen_attention_forward(
+                  handle_, d.q.dl(), d.k.dl(), d.v.dl(), d.cu_q.dl(), d.cu_k.dl(), &d.options,
+                  out.dl(), lse ? lse->dl() : nullptr, nullptr, nullptr, 0, nullptr),
               SPEMBED_STATUS_SUCCESS)
         << spembed_last_error();
   }
-  void backward(AttentionData& d, HostTensor& out, HostTensor& lse, HostTensor& dq,
-                HostTensor& dk, HostTensor& dv) {
-    ASSERT_EQ(spembed_varlen_attention_backward(
-                  handle_, d.q.dl(), d.k.dl(), d.v.dl(), out.dl(), d.dout.dl(), lse.dl(),
-                  d.cu_q.dl(), d.cu_k.dl(), &d.options, 1, dq.dl(), dk.dl(), dv.dl(), nullptr,
-                  nullptr, 0, nullptr),
+  void backward(AttentionData& d, HostTensor& out, HostTensor& lse, HostTensor& dq, HostTensor& dk,
+                HostTensor& dv) {
+    ASSERT_EQ(spembed_varlen_attention_backward(handle_, d.q.dl(), d.k.dl(), d.v.dl(), out.dl(),
+                                                d.dout.dl(), lse.dl(), d.cu_q.dl(), d.cu_k.dl(),
+                                                &d.options, 1, dq.dl(), dk.dl(), dv.dl(), nullptr,
+                                                nullptr, 0, nullptr),
               SPEMBED_STATUS_SUCCESS)
         << spembed_last_error();
   }
@@ -134,18 +134,28 @@ AttentionCase make_case(DLDataType t, int heads, int kv_heads, int d, std::vecto
   return c;
 }
 
-class AttentionCpuReference : public AttentionCpu,
-                              public ::testing::WithParamInterface<RefCase> {};
+class AttentionCpuReference : public AttentionCpu, public ::testing::WithParamInterface<RefCase> {};
 
 // The CPU forward computes in float64 and rounds once: |error| <= u |ref| plus
 // float64 noise. The backward reads O and lse as stored (float32 for lse;
 // O in the dtype), which perturbs P by about u_dtype (|lse| + |dO.O|);
 // 64 u_dtype (1 + max |ref|) covers that for the magnitudes of these inputs
 // (|q.k| * scale <= 3 for unit-range data).
+void expect_matches_float64_reference(AttentionCpu& t, AttentionData& d, HostTensor& out,
+                                      HostTensor& lse, HostTensor& dq, HostTensor& dk,
+                                      HostTensor& dv);
+
 TEST_P(AttentionCpuReference, MatchesFloat64Reference) {
   AttentionData d = make_attention(GetParam().c);
   HostTensor out = make_q_like(d), lse = make_lse(d);
-  forward(d, out, &lse);
+  HostTensor dq = make_q_like(d), dk = make_k_like(d), dv = make_k_like(d);
+  expect_matches_float64_reference(*this, d, out, lse, dq, dk, dv);
+}
+
+void expect_matches_float64_reference(AttentionCpu& t, AttentionData& d, HostTensor& out,
+                                      HostTensor& lse, HostTensor& dq, HostTensor& dk,
+                                      HostTensor& dv) {
+  t.forward(d, out, &lse);
   const AttentionResult ref = reference_attention(d);
   const double u = unit_roundoff(d.c.dtype);
   const std::vector<double> got = read_all(out);
@@ -162,8 +172,7 @@ TEST_P(AttentionCpuReference, MatchesFloat64Reference) {
           << "lse " << i;
     }
   }
-  HostTensor dq = make_q_like(d), dk = make_k_like(d), dv = make_k_like(d);
-  backward(d, out, lse, dq, dk, dv);
+  t.backward(d, out, lse, dq, dk, dv);
   const struct {
     const char* name;
     const HostTensor& t;
@@ -186,7 +195,12 @@ INSTANTIATE_TEST_SUITE_P(
         RefCase{"window_f32", make_case(kF32, 2, 1, 4, {9, 12}, {9, 10}, false, 2, 1)},
         RefCase{"window_causal_f32", make_case(kF32, 1, 1, 6, {9}, {9}, true, 3, -1, 0.5f)},
         RefCase{"mqa_f16", make_case(kF16, 4, 1, 16, {7, 3}, {7, 9}, true)},
-        RefCase{"gqa_bf16", make_case(kBF16, 8, 2, 9, {6, 0, 4}, {8, 3, 4}, false)}),
+        RefCase{"gqa_bf16", make_case(kBF16, 8, 2, 9, {6, 0, 4}, {8, 3, 4}, false)},
+        // Longer than one key block (256) and one work item (256 rows).
+        RefCase{"long_causal_f32", make_case(kF32, 2, 1, 20, {300, 530}, {300, 530}, true)},
+        RefCase{"long_target_f16", make_case(kF16, 2, 2, 64, {5, 1}, {700, 3}, false)},
+        RefCase{"long_window_bf16",
+                make_case(kBF16, 3, 3, 33, {280, 17}, {600, 17}, false, 300, 40)}),
     [](const ::testing::TestParamInfo<RefCase>& case_info) {
       return std::string(case_info.param.name);
     });
@@ -249,6 +263,57 @@ TEST_F(AttentionCpu, RepeatedCallsAreBitwiseIdentical) {
     EXPECT_TRUE(dk2.bytes_equal(dk.bytes()));
     EXPECT_TRUE(dv2.bytes_equal(dv.bytes()));
   }
+}
+
+// SPEMBED_ATTENTION_CPU_ISA caps the instruction set of the tile kernels
+// (AVX-512, AVX2 or portable code; a level the CPU lacks runs the best it
+// has): each level meets the float64 reference's bounds, over masks,
+// windows, GQA, odd head dims and several key blocks.
+TEST_F(AttentionCpu, EveryInstructionSetMatchesFloat64Reference) {
+  const AttentionCase cases[] = {
+      make_case(kF32, 4, 2, 7, {9, 0, 300}, {9, 2, 300}, true),
+      make_case(kF16, 4, 1, 16, {7, 3}, {7, 290}, false, 100, 5),
+      make_case(kBF16, 2, 2, 50, {4, 33}, {40, 33}, true),
+  };
+  for (const char* isa : {"portable", "avx2", "avx512"}) {
+    ASSERT_EQ(setenv("SPEMBED_ATTENTION_CPU_ISA", isa, 1), 0);
+    for (const AttentionCase& c : cases) {
+      SCOPED_TRACE(std::string(isa) + " " + dtype_name(c.dtype) +
+                   " d=" + std::to_string(c.head_dim));
+      AttentionData d = make_attention(c);
+      HostTensor out = make_q_like(d), lse = make_lse(d);
+      HostTensor dq = make_q_like(d), dk = make_k_like(d), dv = make_k_like(d);
+      expect_matches_float64_reference(*this, d, out, lse, dq, dk, dv);
+    }
+  }
+  ASSERT_EQ(unsetenv("SPEMBED_ATTENTION_CPU_ISA"), 0);
+}
+
+// Work items (256-row chunks of a sequence, per kv head) are claimed by any
+// thread, each output written by one item in a fixed order: the results are
+// bitwise the same for every thread count.
+TEST_F(AttentionCpu, ResultsDoNotDependOnTheThreadCount) {
+  AttentionData d =
+      make_attention(make_case(kF32, 4, 2, 24, {600, 3, 70, 257}, {600, 3, 90, 257}, true, 400));
+  HostTensor out = make_q_like(d), lse = make_lse(d);
+  HostTensor dq = make_q_like(d), dk = make_k_like(d), dv = make_k_like(d);
+  ASSERT_EQ(spembed_set_num_threads(1), SPEMBED_STATUS_SUCCESS);
+  forward(d, out, &lse);
+  backward(d, out, lse, dq, dk, dv);
+  for (int threads : {2, 3, 5}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    ASSERT_EQ(spembed_set_num_threads(threads), SPEMBED_STATUS_SUCCESS);
+    HostTensor out2 = make_q_like(d), lse2 = make_lse(d);
+    forward(d, out2, &lse2);
+    EXPECT_TRUE(out2.bytes_equal(out.bytes()));
+    EXPECT_TRUE(lse2.bytes_equal(lse.bytes()));
+    HostTensor dq2 = make_q_like(d), dk2 = make_k_like(d), dv2 = make_k_like(d);
+    backward(d, out, lse, dq2, dk2, dv2);
+    EXPECT_TRUE(dq2.bytes_equal(dq.bytes()));
+    EXPECT_TRUE(dk2.bytes_equal(dk.bytes()));
+    EXPECT_TRUE(dv2.bytes_equal(dv.bytes()));
+  }
+  ASSERT_EQ(spembed_set_num_threads(0), SPEMBED_STATUS_SUCCESS);
 }
 
 }  // namespace

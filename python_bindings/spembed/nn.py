@@ -206,7 +206,7 @@ class EmbeddingBagCollection(torch.nn.Module):
                     if shape is not None:
                         size = w.shape if shape == "element" else w.shape[:1]
                         self.register_buffer(f"state{which}_{t}", torch.zeros(
-                            size, device=w.device, dtype=torch.float32))
+                            size, device=w.device, dtype=_ops.acc_dtype(w.dtype)))
             # Makes the output require grad so that the backward (the fused
             # step) runs; it never receives a gradient.
             self._trigger = torch.zeros((), requires_grad=True)
@@ -253,7 +253,8 @@ class EmbeddingBagCollection(torch.nn.Module):
                 offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
         indices, offs = self._table_major(features, offsets)
-        psw = None if per_sample_weights is None else per_sample_weights.to(torch.float32)
+        psw = (None if per_sample_weights is None
+               else per_sample_weights.to(_ops.acc_dtype(self.weights[0].dtype)))
         pad = -1 if self.padding_idx is None else self.padding_idx
         lookup = (self.mode_id, pad, self.bounds_id, 0)
         if self.optimizer is None:

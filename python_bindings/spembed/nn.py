@@ -31,9 +31,9 @@ class EmbeddingBag(torch.nn.Module):
     max_norm / norm_type: forward renormalises in place the rows its ids name
     whose norm_type-norm exceeds max_norm, before the lookup, as torch does
     (spembed.ops.embedding_bag; both must be finite and > 0, checked by
-    forward). Not supported (yet): float64 tables (NotSupportedError from
     forward).
-    Tables are float32, float16 or bfloat16; pooling accumulates in float32.
+    Tables are float32, float16, bfloat16 or float64; pooling accumulates in
+    float32, or float64 for float64 tables (whose output is float64).
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,

@@ -213,9 +213,10 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
       bounds_policy    'error' (default) or 'skip' (out-of-range ids are
                        ignored and not counted by 'mean').
 
-    Exceptions derive from what torch raises (spembed.errors). float64
-    tables raise NotSupportedError. per_sample_weights have weight's dtype
-    (as in torch) or float32; they are used in float32.
+    Exceptions derive from what torch raises (spembed.errors).
+    per_sample_weights have weight's dtype (as in torch) or float32; they are
+    used in acc_dtype(weight.dtype): float32, or float64 for float64 tables
+    (which accumulate in float64 and need a float64 output_dtype if given).
     max_norm: before the lookup, every distinct row named by an id of input
     (padding rows included) whose norm_type-norm exceeds max_norm is scaled
     in place, under no_grad, by max_norm / (norm + 1e-7), as torch does

@@ -100,6 +100,7 @@ BackwardProblem make_backward_problem(const BackwardSpec& spec, spembed_handle_t
   bp.spec = spec;
   BackwardSpec& s = bp.spec;
   if (s.fwd.pooling == SPEMBED_POOLING_MAX) s.fwd.with_argmax = true;
+  if (same_dtype(s.fwd.table_dtype, kF64)) s.fwd.out_dtype = kF64;  // they go together
   bp.fwd = make_problem(s.fwd);
   redraw_ids(bp.fwd, s.ids, s.fwd.seed);
   Problem& p = bp.fwd;

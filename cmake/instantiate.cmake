@@ -6,13 +6,17 @@
 #                       INSTANCE <declaration>...)
 #
 # writes ${PROJECT_BINARY_DIR}/generated/kernels/<family>_<suffix>.cu for each
-# type (suffix: f32 for float, f16 for __half, bf16 for __nv_bfloat16), each
+# type (suffix: f32 for float, f16 for __half, bf16 for __nv_bfloat16, f64
+# for double), each
 # including <header> and holding the explicit instantiation declarations (no
 # trailing semicolon) with @T@ replaced by the type, and adds
 # it to the spembed target. The files are rewritten only when their text
 # changes. (tests/emulator's mutation builds compile one of them again, by
 # this path.)
-set(SPEMBED_TABLE_TYPES float __half __nv_bfloat16)
+# Embedding tables: the 16/32-bit float types, and double.
+set(SPEMBED_TABLE_TYPES float __half __nv_bfloat16 double)
+# Attention inputs: no double.
+set(SPEMBED_ATTENTION_TYPES float __half __nv_bfloat16)
 set(SPEMBED_HALF_TYPES __half __nv_bfloat16)
 set(_spembed_instantiate_template ${CMAKE_CURRENT_LIST_DIR}/instantiate.cu.in)
 
@@ -26,6 +30,8 @@ function(spembed_instantiate family)
       set(suffix f16)
     elseif(type STREQUAL "__nv_bfloat16")
       set(suffix bf16)
+    elseif(type STREQUAL "double")
+      set(suffix f64)
     else()
       message(FATAL_ERROR "spembed_instantiate: no file suffix for type ${type}")
     endif()

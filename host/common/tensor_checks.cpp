@@ -59,7 +59,8 @@ bool is(DLDataType t, uint8_t code, uint8_t bits) {
 }
 }  // namespace
 
-spembed_status_t check_float_dtype(const DLTensor& tensor, const char* name, DType* dtype) {
+spembed_status_t check_float_dtype(const DLTensor& tensor, const char* name, DType* dtype,
+                                   bool allow_f64) {
   const DLDataType t = tensor.dtype;
   if (is(t, kDLFloat, 32)) {
     *dtype = DType::kF32;
@@ -67,11 +68,13 @@ spembed_status_t check_float_dtype(const DLTensor& tensor, const char* name, DTy
     *dtype = DType::kF16;
   } else if (is(t, kDLBfloat, 16)) {
     *dtype = DType::kBF16;
+  } else if (allow_f64 && is(t, kDLFloat, 64)) {
+    *dtype = DType::kF64;
   } else {
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
-                "%s: dtype (code %d, %d bits, %d lanes) is not supported; use float32, float16 "
-                "or bfloat16",
-                name, t.code, t.bits, t.lanes);
+                "%s: dtype (code %d, %d bits, %d lanes) is not supported; use float32, float16%s",
+                name, t.code, t.bits, t.lanes,
+                allow_f64 ? ", bfloat16 or float64" : " or bfloat16");
   }
   return SPEMBED_STATUS_SUCCESS;
 }

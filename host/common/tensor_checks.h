@@ -13,7 +13,10 @@ namespace spembed::detail {
 spembed_status_t check_op_device(spembed_handle_t handle, const DLTensor& tensor, const char* name);
 spembed_status_t check_same_device(const DLTensor& tensor, const char* name, DLDevice device);
 
-spembed_status_t check_float_dtype(const DLTensor& tensor, const char* name, DType* dtype);
+// float32, float16 or bfloat16; float64 too when `allow_f64` (the embedding
+// bag ops; attention does not take it).
+spembed_status_t check_float_dtype(const DLTensor& tensor, const char* name, DType* dtype,
+                                   bool allow_f64 = false);
 spembed_status_t check_index_dtype(const DLTensor& tensor, const char* name, IndexType* type);
 spembed_status_t check_dtype_is(const DLTensor& tensor, const char* name, DLDataType expected,
                                 const char* expected_name);

@@ -59,7 +59,7 @@ spembed_status_t resolve_options(const spembed_embedding_bag_options_t* given,
 
 spembed_status_t describe_table(const DLTensor& table, const char* name, DType* dtype,
                                 TableMeta* meta) {
-  SPEMBED_RETURN_IF_ERROR(check_float_dtype(table, name, dtype));
+  SPEMBED_RETURN_IF_ERROR(check_float_dtype(table, name, dtype, /*allow_f64=*/true));
   if (table.ndim != 2 || table.shape == nullptr) {
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "%s: must be 2-D [rows, dim], got ndim=%d", name,
                 table.ndim);
@@ -71,13 +71,30 @@ spembed_status_t describe_table(const DLTensor& table, const char* name, DType* 
   }
   SPEMBED_RETURN_IF_ERROR(check_matrix(table, name, -1, dim, &meta->row_stride));
   SPEMBED_RETURN_IF_ERROR(check_data(table, name, &meta->data));
+  // The CUDA kernels load float64 elements 8 bytes at a time.
+  if (*dtype == DType::kF64 && reinterpret_cast<uintptr_t>(meta->data) % 8 != 0) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                "%s: float64 data (data + byte_offset) must be 8-byte aligned", name);
+  }
   meta->rows = table.shape[0];
   meta->dim = static_cast<int32_t>(dim);
   return SPEMBED_STATUS_SUCCESS;
 }
 
-spembed_status_t check_lookup_inputs(DLDevice device, int64_t num_tables, const DLTensor* indices,
-                                     const DLTensor* offsets, const DLTensor* weights,
+spembed_status_t check_output_dtype_pairs(DType table, DType output, const char* name) {
+  if ((table == DType::kF64) != (output == DType::kF64)) {
+    return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                table == DType::kF64
+                    ? "%s: must be float64 with a float64 table (it accumulates in float64)"
+                    : "%s: float64 needs a float64 table; use float32, float16 or bfloat16",
+                name);
+  }
+  return SPEMBED_STATUS_SUCCESS;
+}
+
+spembed_status_t check_lookup_inputs(DLDevice device, DType table_dtype, int64_t num_tables,
+                                     const DLTensor* indices, const DLTensor* offsets,
+                                     const DLTensor* weights,
                                      const spembed_embedding_bag_options_t& options,
                                      EmbeddingBagForwardParams* p) {
   const bool none = options.pooling == SPEMBED_POOLING_NONE;
@@ -136,11 +153,13 @@ spembed_status_t check_lookup_inputs(DLDevice device, int64_t num_tables, const 
                   "per_sample_weights: only allowed with SUM or NONE pooling");
     }
     SPEMBED_RETURN_IF_ERROR(check_same_device(*weights, "per_sample_weights", device));
-    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*weights, "per_sample_weights", kFloat32, "float32"));
+    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*weights, "per_sample_weights",
+                                           accumulation_dl_dtype(table_dtype),
+                                           accumulation_dtype_name(table_dtype)));
     SPEMBED_RETURN_IF_ERROR(check_vector(*weights, "per_sample_weights", p->nnz));
     const void* data = nullptr;
     SPEMBED_RETURN_IF_ERROR(check_data(*weights, "per_sample_weights", &data));
-    p->weights = static_cast<const float*>(data);
+    p->weights = data;
   }
   return SPEMBED_STATUS_SUCCESS;
 }
@@ -182,12 +201,14 @@ spembed_status_t prepare(const TableSide& side, const DLTensor* indices, const D
   if (indices == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "indices: must not be NULL");
   if (out.output == nullptr)
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "output: must not be NULL");
-  SPEMBED_RETURN_IF_ERROR(
-      check_lookup_inputs(side.device, side.num_tables, indices, offsets, weights, options, p));
+  SPEMBED_RETURN_IF_ERROR(check_lookup_inputs(side.device, side.dtype, side.num_tables, indices,
+                                              offsets, weights, options, p));
 
   const int64_t out_rows = none ? p->nnz : p->bags_per_table;
   SPEMBED_RETURN_IF_ERROR(check_same_device(*out.output, "output", side.device));
-  SPEMBED_RETURN_IF_ERROR(check_float_dtype(*out.output, "output", &p->out_dtype));
+  SPEMBED_RETURN_IF_ERROR(
+      check_float_dtype(*out.output, "output", &p->out_dtype, /*allow_f64=*/true));
+  SPEMBED_RETURN_IF_ERROR(check_output_dtype_pairs(side.dtype, p->out_dtype, "output"));
   SPEMBED_RETURN_IF_ERROR(
       check_matrix(*out.output, "output", out_rows, side.out_cols, &p->out_row_stride));
   const void* out_data = nullptr;

@@ -87,15 +87,18 @@ struct ViewName {
   }
 };
 
-// A float32 [rows, cols] matrix on `device`; returns its data and row stride.
-spembed_status_t check_f32_matrix(const DLTensor& tensor, const char* name, DLDevice device,
-                                  int64_t rows, int64_t cols, float** data, int64_t* stride) {
+// A [rows, cols] matrix of the accumulation dtype of `table` (float32, or
+// float64 for float64 tables) on `device`; returns its data and row stride.
+spembed_status_t check_acc_matrix(const DLTensor& tensor, const char* name, DLDevice device,
+                                  DType table, int64_t rows, int64_t cols, void** data,
+                                  int64_t* stride) {
   SPEMBED_RETURN_IF_ERROR(check_same_device(tensor, name, device));
-  SPEMBED_RETURN_IF_ERROR(check_dtype_is(tensor, name, kFloat32, "float32"));
+  SPEMBED_RETURN_IF_ERROR(
+      check_dtype_is(tensor, name, accumulation_dl_dtype(table), accumulation_dtype_name(table)));
   SPEMBED_RETURN_IF_ERROR(check_matrix(tensor, name, rows, cols, stride));
   const void* pointer = nullptr;
   SPEMBED_RETURN_IF_ERROR(check_data(tensor, name, &pointer));
-  *data = static_cast<float*>(const_cast<void*>(pointer));
+  *data = const_cast<void*>(pointer);
   return SPEMBED_STATUS_SUCCESS;
 }
 
@@ -148,8 +151,8 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
                 "options.scale_grad_by_freq: not supported with MAX pooling (as in torch)");
   }
-  SPEMBED_RETURN_IF_ERROR(
-      check_lookup_inputs(device, T, r.indices, r.offsets, r.per_sample_weights, options, fp));
+  SPEMBED_RETURN_IF_ERROR(check_lookup_inputs(device, side.dtype, T, r.indices, r.offsets,
+                                              r.per_sample_weights, options, fp));
   const int64_t nnz = fp->nnz;
 
   const bool want_dense = r.grad_tables != nullptr;
@@ -170,7 +173,9 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "grad_output: must not be NULL");
   }
   SPEMBED_RETURN_IF_ERROR(check_same_device(*r.grad_output, "grad_output", device));
-  SPEMBED_RETURN_IF_ERROR(check_float_dtype(*r.grad_output, "grad_output", &p->grad_dtype));
+  SPEMBED_RETURN_IF_ERROR(
+      check_float_dtype(*r.grad_output, "grad_output", &p->grad_dtype, /*allow_f64=*/true));
+  SPEMBED_RETURN_IF_ERROR(check_output_dtype_pairs(side.dtype, p->grad_dtype, "grad_output"));
   SPEMBED_RETURN_IF_ERROR(
       check_matrix(*r.grad_output, "grad_output", out_rows, side.out_cols, &p->grad_row_stride));
   SPEMBED_RETURN_IF_ERROR(check_data(*r.grad_output, "grad_output", &p->grad_output));
@@ -205,8 +210,9 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
     row_base += table.rows;
     if (want_dense) {
       const ViewName name(r, "grad_table", "grad_tables", t);
-      SPEMBED_RETURN_IF_ERROR(check_f32_matrix(r.grad_tables[t], name.text, device, table.rows,
-                                               table.dim, &m.grad_table, &m.grad_table_stride));
+      SPEMBED_RETURN_IF_ERROR(check_acc_matrix(r.grad_tables[t], name.text, device, side.dtype,
+                                               table.rows, table.dim, &m.grad_table,
+                                               &m.grad_table_stride));
     }
   }
   p->total_rows = row_base;
@@ -243,8 +249,8 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
     const void* ids = nullptr;
     SPEMBED_RETURN_IF_ERROR(check_data(*r.unique_ids, "unique_ids", &ids));
     p->unique_ids = const_cast<void*>(ids);
-    SPEMBED_RETURN_IF_ERROR(check_f32_matrix(*r.unique_grads, "unique_grads", device, capacity,
-                                             side.max_dim, &p->unique_grads,
+    SPEMBED_RETURN_IF_ERROR(check_acc_matrix(*r.unique_grads, "unique_grads", device, side.dtype,
+                                             capacity, side.max_dim, &p->unique_grads,
                                              &p->unique_grads_stride));
     SPEMBED_RETURN_IF_ERROR(check_same_device(*r.num_unique, "num_unique", device));
     SPEMBED_RETURN_IF_ERROR(check_dtype_is(*r.num_unique, "num_unique", kInt64, "int64"));
@@ -287,28 +293,29 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
       if (rowwise) {
         const DLTensor& s = r.states1[t];
         SPEMBED_RETURN_IF_ERROR(check_same_device(s, name1.text, device));
-        SPEMBED_RETURN_IF_ERROR(check_dtype_is(s, name1.text, kFloat32, "float32"));
+        SPEMBED_RETURN_IF_ERROR(check_dtype_is(s, name1.text, accumulation_dl_dtype(side.dtype),
+                                               accumulation_dtype_name(side.dtype)));
         SPEMBED_RETURN_IF_ERROR(check_vector(s, name1.text, m.rows));
         const void* data = nullptr;
         SPEMBED_RETURN_IF_ERROR(check_data(s, name1.text, &data));
-        m.state1 = static_cast<float*>(const_cast<void*>(data));
+        m.state1 = const_cast<void*>(data);
         m.state1_stride = 1;
       } else {
-        SPEMBED_RETURN_IF_ERROR(check_f32_matrix(r.states1[t], name1.text, device, m.rows, m.dim,
-                                                 &m.state1, &m.state1_stride));
+        SPEMBED_RETURN_IF_ERROR(check_acc_matrix(r.states1[t], name1.text, device, side.dtype,
+                                                 m.rows, m.dim, &m.state1, &m.state1_stride));
       }
       if (needs2) {
         const ViewName name2(r, "state2", "states2", t);
-        SPEMBED_RETURN_IF_ERROR(check_f32_matrix(r.states2[t], name2.text, device, m.rows, m.dim,
-                                                 &m.state2, &m.state2_stride));
+        SPEMBED_RETURN_IF_ERROR(check_acc_matrix(r.states2[t], name2.text, device, side.dtype,
+                                                 m.rows, m.dim, &m.state2, &m.state2_stride));
       }
     }
     p->has_optimizer = true;
     p->optimizer = o;
     if (kind.bias_corrected) {
       const double step = static_cast<double>(o.step);
-      p->adam_bias_correction1 = static_cast<float>(1.0 - std::pow(double{o.beta1}, step));
-      p->adam_bias_correction2 = static_cast<float>(1.0 - std::pow(double{o.beta2}, step));
+      p->adam_bias_correction1 = 1.0 - std::pow(double{o.beta1}, step);
+      p->adam_bias_correction2 = 1.0 - std::pow(double{o.beta2}, step);
     }
   } else if (r.states1 != nullptr || r.states2 != nullptr) {
     return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
@@ -325,14 +332,15 @@ spembed_status_t prepare(const TableSide& side, const Request& r,
     }
     SPEMBED_RETURN_IF_ERROR(
         check_same_device(*r.grad_per_sample_weights, "grad_per_sample_weights", device));
-    SPEMBED_RETURN_IF_ERROR(
-        check_dtype_is(*r.grad_per_sample_weights, "grad_per_sample_weights", kFloat32, "float32"));
+    SPEMBED_RETURN_IF_ERROR(check_dtype_is(*r.grad_per_sample_weights, "grad_per_sample_weights",
+                                           accumulation_dl_dtype(side.dtype),
+                                           accumulation_dtype_name(side.dtype)));
     SPEMBED_RETURN_IF_ERROR(
         check_vector(*r.grad_per_sample_weights, "grad_per_sample_weights", nnz));
     const void* data = nullptr;
     SPEMBED_RETURN_IF_ERROR(
         check_data(*r.grad_per_sample_weights, "grad_per_sample_weights", &data));
-    p->grad_weights = static_cast<float*>(const_cast<void*>(data));
+    p->grad_weights = const_cast<void*>(data);
   }
 
   SPEMBED_RETURN_IF_ERROR(check_report(report, device, &p->report));

@@ -40,8 +40,8 @@ spembed_status_t prepare(DLTensor* table, const DLTensor* indices, double max_no
   SPEMBED_RETURN_IF_ERROR(describe_table(*table, "table", &p->table_dtype, &p->table));
   if (indices == nullptr) return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "indices: must not be NULL");
   EmbeddingBagForwardParams& c = p->checks;
-  SPEMBED_RETURN_IF_ERROR(
-      check_lookup_inputs(table->device, 1, indices, nullptr, nullptr, options, &c));
+  SPEMBED_RETURN_IF_ERROR(check_lookup_inputs(table->device, p->table_dtype, 1, indices, nullptr,
+                                              nullptr, options, &c));
   SPEMBED_RETURN_IF_ERROR(check_positive(max_norm, "max_norm"));
   SPEMBED_RETURN_IF_ERROR(check_positive(norm_type, "norm_type"));
   SPEMBED_RETURN_IF_ERROR(check_report(report, table->device, &c.report));
@@ -55,8 +55,8 @@ spembed_status_t prepare(DLTensor* table, const DLTensor* indices, double max_no
   p->index_type = c.index_type;
   p->indices = c.indices;
   p->nnz = c.nnz;
-  p->max_norm = static_cast<float>(max_norm);
-  p->norm_type = static_cast<float>(norm_type);
+  p->max_norm = max_norm;
+  p->norm_type = norm_type;
   p->bounds_policy = options.bounds_policy;
   if (table->device.device_type == kDLCUDA) {
     SPEMBED_RETURN_IF_ERROR(check_cuda_workspace(

@@ -14,6 +14,14 @@
  *    leaves every output untouched.
  *  - CUDA work is queued on `stream` and never synchronises, allocates or
  *    prints in the op itself, so ops may be captured in a CUDA graph.
+ *  - Embedding tables are float32, float16, bfloat16 or float64. The
+ *    embedding bag ops accumulate in the table's accumulation dtype: float64
+ *    for float64 tables, float32 for the others. What a call computes or
+ *    keeps besides its output is in that dtype too: per-sample weights and
+ *    their gradient, dense and row-sparse gradients, optimizer states. A
+ *    float64 table's output / grad_output is float64, and only a float64
+ *    table takes a float64 output / grad_output (else INVALID_ARGUMENT).
+ *    Attention takes no float64 (INVALID_ARGUMENT).
  *    `stream` is ignored for CPU tensors; NULL is the legacy default stream.
  *
  * Thread safety
@@ -156,21 +164,25 @@ spembed_status_t spembed_embedding_bag_forward_workspace_size(spembed_handle_t h
                                                              size_t* bytes);
 
 /* Pooled lookup into one table.
- *  table    [rows, dim] float32 / float16 / bfloat16; strides[1] == 1, strides[0] >= dim.
+ *  table    [rows, dim] float32 / float16 / bfloat16 / float64; strides[1] == 1,
+ *           strides[0] >= dim; float64 data 8-byte aligned.
  *  indices  [nnz] int32 or int64, contiguous.
  *  offsets  [bags + 1], same dtype as indices, contiguous: first 0, last nnz,
  *           non-decreasing. NULL when options->fixed_bag_size > 0 (then
  *           bags = nnz / fixed_bag_size). Ignored when pooling is NONE: NULL
  *           or any tensor, neither checked nor read (forward and backward,
  *           CPU and CUDA alike).
- *  per_sample_weights  [nnz] float32 or NULL; only with SUM or NONE.
+ *  per_sample_weights  [nnz] float32 (float64 with a float64 table) or NULL;
+ *           only with SUM or NONE.
  *  options  NULL for the defaults.
- *  output   [bags, dim] (NONE: [nnz, dim]) float32 / float16 / bfloat16;
- *           strides[1] == 1, strides[0] >= dim. Empty bags give zeros.
+ *  output   [bags, dim] (NONE: [nnz, dim]) float32 / float16 / bfloat16 (float64
+ *           with, and only with, a float64 table); strides[1] == 1,
+ *           strides[0] >= dim. Empty bags give zeros.
  *  argmax   NULL, or with MAX: [bags, dim], dtype of indices, strides[1] == 1:
  *           the row that gave each output element, -1 where the bag pooled nothing.
  *  report   NULL, or int64 [SPEMBED_REPORT_SIZE] (see above).
- * Accumulation is in float32, in the order of the ids within each bag. */
+ * Accumulation is in float32 (float64 for float64 tables), in the order of
+ * the ids within each bag. */
 spembed_status_t spembed_embedding_bag_forward(spembed_handle_t handle, const DLTensor* table,
                                                const DLTensor* indices, const DLTensor* offsets,
                                                const DLTensor* per_sample_weights,
@@ -216,7 +228,7 @@ spembed_status_t spembed_embedding_bag_batched_forward(
  * (sum over the row of |w|^norm_type)^(1 / norm_type) exceeds max_norm, is
  * multiplied by max_norm / (norm + 1e-7). Every row is handled once however
  * often it is named, so the result is deterministic.
- *  table    [rows, dim] float32 / float16 / bfloat16, row stride >= dim;
+ *  table    [rows, dim] float32 / float16 / bfloat16 / float64, row stride >= dim;
  *           updated in place (rows no valid id names are not touched).
  *  indices  [nnz] int32 or int64, contiguous, on the table's device.
  *  max_norm > 0 and finite; norm_type > 0 and finite (1 and 2 are exact
@@ -225,10 +237,11 @@ spembed_status_t spembed_embedding_bag_batched_forward(
  *           returns INDEX_OUT_OF_RANGE, CUDA records it in `report`) or
  *           SKIP (ignored, counted in `report`). padding rows are renormalised
  *           like any other (torch does the same).
- * Numerics: the norm is summed in float32, lane by lane over columns
+ * Numerics: the norm is summed in float32 (float64 for float64 tables, with
+ * max_norm and norm_type as given and pow), lane by lane over columns
  * c = j, j + 32, ... (j = 0..31), then the 32 partial sums are added pairwise
- * (distance 16, 8, 4, 2, 1); the scale and the products are float32, rounded
- * once each. CPU and CUDA follow the same order, so for norm_type 1 and 2 they
+ * (distance 16, 8, 4, 2, 1); the scale and the products are in that dtype,
+ * rounded once each. CPU and CUDA follow the same order, so for norm_type 1 and 2 they
  * agree bitwise.
  * Workspace: 0 on the CPU; on CUDA what ..._workspace_size says for nnz ids
  * (the ids are sorted there), 256-byte aligned. */
@@ -255,7 +268,8 @@ spembed_status_t spembed_embedding_renorm(spembed_handle_t handle, DLTensor* tab
  * Summation order of the deterministic path (the CPU implementation uses the
  * same, so the two agree bitwise): a row's contributions in increasing
  * position of their ids, in consecutive chunks of SPEMBED_BACKWARD_CHUNK
- * contributions; each chunk summed sequentially in float32 from 0, then the
+ * contributions; each chunk summed sequentially in float32 (float64 for
+ * float64 tables) from 0, then the
  * chunk sums added sequentially; then, for (a), added to grad_table once. */
 #define SPEMBED_BACKWARD_CHUNK 256
 typedef enum spembed_backward_algorithm {
@@ -275,7 +289,9 @@ typedef enum spembed_backward_algorithm {
  *                    w -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps)
  * These are torch.optim.SGD / Adagrad (lr_decay 0, initial accumulator in the
  * state) / Adam (amsgrad off, L2 weight decay) applied to the touched rows.
- * State is float32. float16 / bfloat16 weights are updated in float32 and
+ * State is float32; float64 tables keep float64 state and are updated in
+ * float64 (the float hyperparameters widened exactly). float16 / bfloat16
+ * weights are updated in float32 and
  * rounded back to nearest, or stochastically when stochastic_rounding is set
  * (random bits from `seed`, the row and the column: reproducible for one seed). */
 typedef enum spembed_optimizer {
@@ -306,12 +322,13 @@ typedef struct spembed_embedding_bag_backward_args {
   const DLTensor* offsets;            /* as in the forward (NULL with fixed_bag_size, or NONE) */
   const DLTensor* per_sample_weights; /* as in the forward, or NULL */
   const DLTensor* argmax;             /* MAX: the forward's argmax (required) */
-  const DLTensor* grad_output;        /* shaped like the forward's output, float32 / float16 / bfloat16 */
+  const DLTensor* grad_output;        /* shaped like the forward's output, float32 / float16 / bfloat16
+                                       * (float64 with, and only with, a float64 table) */
 
-  /* (a) dense: [rows, dim] float32, the gradient is ADDED to it. */
+  /* (a) dense: [rows, dim] float32 (float64 for a float64 table); the gradient is ADDED to it. */
   DLTensor* grad_table;
   /* (b) row-sparse: unique_ids [capacity] (dtype of indices) gets the touched
-   * rows in increasing order, unique_grads [capacity, dim] float32 their
+   * rows in increasing order, unique_grads [capacity, dim] float32 (float64 for a float64 table) their
    * gradients, num_unique int64 [1] their count U (written on the device, no
    * host sync). capacity >= nnz (the worst case); entries past U are not written. */
   DLTensor* unique_ids;
@@ -324,7 +341,7 @@ typedef struct spembed_embedding_bag_backward_args {
   DLTensor* state1;
   DLTensor* state2;
   const spembed_optimizer_options_t* optimizer; /* non-NULL selects (c) */
-  /* (d) gradient of the per-sample weights [nnz] float32 (SUM or NONE; needs
+  /* (d) gradient of the per-sample weights [nnz], the weights' dtype (SUM or NONE; needs
    * `table` as read before any optimizer step of this call). */
   DLTensor* grad_per_sample_weights;
 } spembed_embedding_bag_backward_args_t;
@@ -333,7 +350,7 @@ typedef struct spembed_embedding_bag_backward_args {
  * a table of `rows` x `dim` (0 on the CPU). The same for every output set,
  * both algorithms and any number of bags. It grows with nnz (sort and run
  * buffers, about 56 bytes per id with 32-bit positions, i.e. for nnz < 2^31 - 2
- * and rows < 2^32 - 1) and with nnz * dim / 32 bytes for the partial sums
+ * and rows < 2^32 - 1) and with nnz * dim / 16 bytes for the partial sums
  * of rows hit more than SPEMBED_BACKWARD_CHUNK times. 256-byte aligned. */
 spembed_status_t spembed_embedding_bag_backward_workspace_size(
     spembed_handle_t handle, DLDeviceType device_type, DLDataType index_dtype, int64_t nnz,
@@ -360,7 +377,7 @@ typedef struct spembed_embedding_bag_batched_backward_args {
   const DLTensor* grad_output;  /* [B, total_dim] */
   DLTensor* grad_tables;        /* (a) T views [rows_t, dim_t] float32, or NULL */
   DLTensor* unique_ids;         /* (b) [capacity] int64 linearized rows, or NULL */
-  DLTensor* unique_grads;       /* (b) [capacity, max dim] float32 */
+  DLTensor* unique_grads;       /* (b) [capacity, max dim] float32 (float64 tables: float64) */
   DLTensor* num_unique;         /* (b) int64 [1] */
   DLTensor* states1;            /* (c) T views, or NULL */
   DLTensor* states2;            /* (c) T views (Adam), or NULL */

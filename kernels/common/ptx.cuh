@@ -53,6 +53,16 @@ __device__ __forceinline__ uint32_t ld_global_nc_no_allocate_b32(const void* p) 
   asm volatile("ld.global.nc.L1::no_allocate.b32 %0, [%1];" : "=r"(r) : "l"(p));
   return r;
 }
+__device__ __forceinline__ uint64_t ld_global_nc_b64(const void* p) {
+  uint64_t r;
+  asm volatile("ld.global.nc.b64 %0, [%1];" : "=l"(r) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint64_t ld_global_nc_no_allocate_b64(const void* p) {
+  uint64_t r;
+  asm volatile("ld.global.nc.L1::no_allocate.b64 %0, [%1];" : "=l"(r) : "l"(p));
+  return r;
+}
 __device__ __forceinline__ uint16_t ld_global_nc_b16(const void* p) {
   uint16_t r;
   asm volatile("ld.global.nc.b16 %0, [%1];" : "=h"(r) : "l"(p));

@@ -24,7 +24,8 @@
     }                                        \
   }()
 
-// Element type of a table or output: float, __half or __nv_bfloat16.
+// Element type of a float32 / float16 / bfloat16 tensor: float, __half or
+// __nv_bfloat16 (callers have rejected kF64, which would take the float branch).
 #define SPEMBED_DTYPE_SWITCH(DTYPE, TYPE, ...) \
   [&] {                                        \
     switch (DTYPE) {                           \
@@ -42,6 +43,16 @@
         return __VA_ARGS__();                  \
       }                                        \
     }                                          \
+  }()
+
+// Element type of an embedding table: SPEMBED_DTYPE_SWITCH's, or double.
+#define SPEMBED_TABLE_DTYPE_SWITCH(DTYPE, TYPE, ...)       \
+  [&] {                                                    \
+    if ((DTYPE) == ::spembed::detail::DType::kF64) {       \
+      using TYPE = double;                                 \
+      return __VA_ARGS__();                                \
+    }                                                      \
+    return SPEMBED_DTYPE_SWITCH(DTYPE, TYPE, __VA_ARGS__); \
   }()
 
 // Type of indices, offsets and argmax: int32_t or int64_t.

@@ -31,12 +31,13 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int pow2_lanes(int64_t x) { return std::min(next_pow2(x), 32); }
 
 // G lanes and V vectors of 4 columns per lane: the fewest lanes that cover
-// max_dim with V <= 4; rows wider than 32 x 4 x 4 = 512 columns take several
-// column blocks.
-void plan_backward_groups(int32_t max_dim, BackwardLaunch* plan) {
+// max_dim with V <= 4 (2 for float64 tables); rows wider than 32 x 4 x 4 =
+// 512 columns (256 for float64) take several column blocks.
+void plan_backward_groups(int32_t max_dim, DType table_dtype, BackwardLaunch* plan) {
+  const int max_vec = table_dtype == DType::kF64 ? kMaxVecPerLaneF64 : kMaxVecPerLane;
   const int64_t vecs = std::max<int64_t>(ceil_div(max_dim, kColsPerVec), 1);
-  plan->lanes = pow2_lanes(ceil_div(vecs, kMaxVecPerLane));
-  plan->vec_per_lane = std::min(pow2_lanes(ceil_div(vecs, plan->lanes)), kMaxVecPerLane);
+  plan->lanes = pow2_lanes(ceil_div(vecs, max_vec));
+  plan->vec_per_lane = std::min(pow2_lanes(ceil_div(vecs, plan->lanes)), max_vec);
 }
 
 // The forward's view of the inputs, for its check and report kernels.
@@ -136,7 +137,7 @@ int embedding_bag_backward_cuda(const EmbeddingBagBackwardParams& host_p, void* 
   const bool bag_pass = atomic_dense || p.grad_weights != nullptr;
 
   BackwardLaunch plan;
-  plan_backward_groups(p.max_dim, &plan);
+  plan_backward_groups(p.max_dim, p.table_dtype, &plan);
   const int64_t go_bytes = dtype_bytes(p.grad_dtype);
   plan.go_vec = reinterpret_cast<uintptr_t>(p.grad_output) % (4 * go_bytes) == 0 &&
                 p.grad_row_stride % 4 == 0;
@@ -166,7 +167,7 @@ int embedding_bag_backward_cuda(const EmbeddingBagBackwardParams& host_p, void* 
     bag_plan.do_dense = atomic_dense;
     bag_plan.do_weight_grad = p.grad_weights != nullptr;
     bag_plan.count_bad = count_bad && !sorting;
-    const int error = SPEMBED_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
+    const int error = SPEMBED_TABLE_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
       return launch_backward_bag_kernel<TableT>(p, bag_plan, stream);
     });
     if (error != 0) return error;
@@ -184,7 +185,7 @@ int embedding_bag_backward_cuda(const EmbeddingBagBackwardParams& host_p, void* 
     }
     BackwardLaunch reduce_plan = plan;
     reduce_plan.do_dense = p.dense_grad && !atomic_dense;
-    const int error = SPEMBED_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
+    const int error = SPEMBED_TABLE_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
       return launch_backward_reduce<TableT>(p, ws, reduce_plan, stream);
     });
     if (error != 0) return error;

@@ -12,12 +12,14 @@
 //    is reduced in the documented order: chunks of SPEMBED_BACKWARD_CHUNK
 //    contributions, each summed sequentially in float32 from +0, then the
 //    chunk sums added in order. The row sum then feeds (a), (b) and (c).
+//    (float64 tables: every sum, gradient and state in float64.)
 // (d) is computed per position, before (c) updates any weight.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include "kernels/common/accumulate.h"
 #include "kernels/common/cpu_parallel.h"
 #include "kernels/common/host_half.h"
 #include "kernels/embedding_bag/embedding_bag_backward.h"
@@ -26,8 +28,12 @@
 namespace spembed::detail {
 namespace {
 
-float load(DType type, const void* base, int64_t i) {
+// As the accumulation type Acc.
+template <typename Acc>
+Acc load(DType type, const void* base, int64_t i) {
   switch (type) {
+    case DType::kF64:
+      return static_cast<Acc>(static_cast<const double*>(base)[i]);
     case DType::kF16:
       return half_to_float(static_cast<const uint16_t*>(base)[i]);
     case DType::kBF16:
@@ -39,6 +45,9 @@ float load(DType type, const void* base, int64_t i) {
 }
 
 // Stores an updated weight, rounding to nearest even or stochastically.
+void store_weight(DType type, void* base, int64_t i, double v, bool, uint64_t, int64_t, int32_t) {
+  static_cast<double*>(base)[i] = v;  // float64 tables only
+}
 void store_weight(DType type, void* base, int64_t i, float v, bool stochastic, uint64_t seed,
                   int64_t linear_row, int32_t column) {
   if (type == DType::kF32) {
@@ -61,13 +70,14 @@ struct Entry {
   int64_t bag;
 };
 
-template <typename Index>
+template <typename Index, typename Acc>
 class BackwardCpu {
  public:
   explicit BackwardCpu(const EmbeddingBagBackwardParams& p)
       : p_(p),
         ids_(static_cast<const Index*>(p.indices)),
         offsets_(static_cast<const Index*>(p.offsets)),
+        weights_(static_cast<const Acc*>(p.weights)),
         none_(p.pooling == SPEMBED_POOLING_NONE) {}
 
   void run() {
@@ -140,33 +150,33 @@ class BackwardCpu {
     run_begin_.push_back(static_cast<int64_t>(entries_.size()));
   }
 
-  float grad_out(int64_t out_row, int64_t column) const {
-    return load(p_.grad_dtype, p_.grad_output, out_row * p_.grad_row_stride + column);
+  Acc grad_out(int64_t out_row, int64_t column) const {
+    return load<Acc>(p_.grad_dtype, p_.grad_output, out_row * p_.grad_row_stride + column);
   }
 
   // Adds the contribution of entry `e` to column d to `acc`.
-  float accumulate(float acc, const Entry& e, const BackwardTableMeta& t, int32_t d) const {
+  Acc accumulate(Acc acc, const Entry& e, const BackwardTableMeta& t, int32_t d) const {
     const int64_t r = out_row_of_bag(e.bag);
     const int64_t column = none_ ? d : t.grad_col + d;
-    const float go = grad_out(r, column);
+    const Acc go = grad_out(r, column);
     switch (p_.pooling) {
       case SPEMBED_POOLING_MEAN:
-        return acc + go / static_cast<float>(count_[static_cast<size_t>(e.bag)]);
+        return acc + go / static_cast<Acc>(count_[static_cast<size_t>(e.bag)]);
       case SPEMBED_POOLING_MAX: {
         const auto* argmax = static_cast<const Index*>(p_.argmax);
         const int64_t winner = static_cast<int64_t>(argmax[r * p_.argmax_row_stride + column]);
-        return winner == e.key - t.row_base ? acc + go : acc + 0.0f;
+        return winner == e.key - t.row_base ? acc + go : acc + Acc(0);
       }
       case SPEMBED_POOLING_SUM:
       case SPEMBED_POOLING_NONE:
         break;
     }
-    return p_.weights ? acc + p_.weights[e.position] * go : acc + go;
+    return weights_ ? acc + weights_[e.position] * go : acc + go;
   }
 
   void reduce_runs(int64_t first_run, int64_t end_run) const {
-    std::vector<float> sum(static_cast<size_t>(p_.max_dim));
-    std::vector<float> chunk(static_cast<size_t>(p_.max_dim));
+    std::vector<Acc> sum(static_cast<size_t>(p_.max_dim));
+    std::vector<Acc> chunk(static_cast<size_t>(p_.max_dim));
     for (int64_t u = first_run; u < end_run; ++u) {
       const int64_t begin = run_begin_[static_cast<size_t>(u)];
       const int64_t end = run_begin_[static_cast<size_t>(u) + 1];
@@ -175,7 +185,7 @@ class BackwardCpu {
       const int32_t dim = t.dim;
       for (int64_t c = begin; c < end; c += SPEMBED_BACKWARD_CHUNK) {
         const int64_t c_end = std::min<int64_t>(end, c + SPEMBED_BACKWARD_CHUNK);
-        std::fill(chunk.begin(), chunk.begin() + dim, 0.0f);
+        std::fill(chunk.begin(), chunk.begin() + dim, Acc(0));
         for (int64_t k = c; k < c_end; ++k) {
           const Entry& e = entries_[static_cast<size_t>(k)];
           for (int32_t d = 0; d < dim; ++d) chunk[d] = accumulate(chunk[d], e, t, d);
@@ -187,18 +197,18 @@ class BackwardCpu {
         }
       }
       if (p_.scale_grad_by_freq) {
-        const auto frequency = static_cast<float>(end - begin);
+        const auto frequency = static_cast<Acc>(end - begin);
         for (int32_t d = 0; d < dim; ++d) sum[d] = sum[d] / frequency;
       }
       write_row(u, head.key, t, sum.data());
     }
   }
 
-  void write_row(int64_t u, int64_t key, const BackwardTableMeta& t, const float* g) const {
+  void write_row(int64_t u, int64_t key, const BackwardTableMeta& t, const Acc* g) const {
     const int64_t row = key - t.row_base;
     const int32_t dim = t.dim;
     if (t.grad_table != nullptr) {
-      float* out = t.grad_table + row * t.grad_table_stride;
+      Acc* out = static_cast<Acc*>(t.grad_table) + row * t.grad_table_stride;
       for (int32_t d = 0; d < dim; ++d) out[d] = out[d] + g[d];
     }
     if (p_.unique_ids != nullptr) {
@@ -207,60 +217,61 @@ class BackwardCpu {
       } else {
         static_cast<int32_t*>(p_.unique_ids)[u] = static_cast<int32_t>(key);
       }
-      float* out = p_.unique_grads + u * p_.unique_grads_stride;
+      Acc* out = static_cast<Acc*>(p_.unique_grads) + u * p_.unique_grads_stride;
       std::copy(g, g + dim, out);
-      std::fill(out + dim, out + p_.max_dim, 0.0f);
+      std::fill(out + dim, out + p_.max_dim, Acc(0));
     }
     if (p_.has_optimizer) step(key, row, t, g);
   }
 
-  void step(int64_t key, int64_t row, const BackwardTableMeta& t, const float* g) const {
+  void step(int64_t key, int64_t row, const BackwardTableMeta& t, const Acc* g) const {
     const spembed_optimizer_options_t& o = p_.optimizer;
     const int64_t base = row * t.weight_stride;
     const bool sr = o.stochastic_rounding != 0;
-    auto weight = [&](int32_t d) { return load(p_.table_dtype, t.weights, base + d); };
-    auto store = [&](int32_t d, float w) {
+    auto weight = [&](int32_t d) { return load<Acc>(p_.table_dtype, t.weights, base + d); };
+    auto store = [&](int32_t d, Acc w) {
       store_weight(p_.table_dtype, t.weights, base + d, w, sr, o.seed, key, d);
     };
     switch (o.optimizer) {
       case SPEMBED_OPTIMIZER_SGD:
         for (int32_t d = 0; d < t.dim; ++d) {
-          const float w = weight(d);
+          const Acc w = weight(d);
           store(d, opt_sgd(w, opt_decayed_grad(g[d], w, o.weight_decay), o.learning_rate));
         }
         break;
       case SPEMBED_OPTIMIZER_ADAGRAD: {
-        float* s = t.state1 + row * t.state1_stride;
+        Acc* s = static_cast<Acc*>(t.state1) + row * t.state1_stride;
         for (int32_t d = 0; d < t.dim; ++d) {
-          const float w = weight(d);
-          const float gp = opt_decayed_grad(g[d], w, o.weight_decay);
+          const Acc w = weight(d);
+          const Acc gp = opt_decayed_grad(g[d], w, o.weight_decay);
           store(d, opt_adagrad(w, gp, s[d], o.learning_rate, o.eps));
         }
         break;
       }
       case SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD: {
-        float& s = t.state1[row * t.state1_stride];
-        float squares = 0.0f;
+        Acc& s = static_cast<Acc*>(t.state1)[row * t.state1_stride];
+        Acc squares = 0;
         for (int32_t d = 0; d < t.dim; ++d) {
           squares = opt_rowwise_square_accumulate(
               squares, opt_decayed_grad(g[d], weight(d), o.weight_decay));
         }
         s = opt_rowwise_state(s, squares, t.dim);
         for (int32_t d = 0; d < t.dim; ++d) {
-          const float w = weight(d);
-          const float gp = opt_decayed_grad(g[d], w, o.weight_decay);
+          const Acc w = weight(d);
+          const Acc gp = opt_decayed_grad(g[d], w, o.weight_decay);
           store(d, opt_rowwise_adagrad(w, gp, s, o.learning_rate, o.eps));
         }
         break;
       }
       case SPEMBED_OPTIMIZER_ADAM: {
-        float* m = t.state1 + row * t.state1_stride;
-        float* v = t.state2 + row * t.state2_stride;
+        Acc* m = static_cast<Acc*>(t.state1) + row * t.state1_stride;
+        Acc* v = static_cast<Acc*>(t.state2) + row * t.state2_stride;
         for (int32_t d = 0; d < t.dim; ++d) {
-          const float w = weight(d);
-          const float gp = opt_decayed_grad(g[d], w, o.weight_decay);
+          const Acc w = weight(d);
+          const Acc gp = opt_decayed_grad(g[d], w, o.weight_decay);
           store(d, opt_adam(w, gp, m[d], v[d], o.learning_rate, o.beta1, o.beta2, o.eps,
-                            p_.adam_bias_correction1, p_.adam_bias_correction2));
+                            static_cast<Acc>(p_.adam_bias_correction1),
+                            static_cast<Acc>(p_.adam_bias_correction2)));
         }
         break;
       }
@@ -273,22 +284,23 @@ class BackwardCpu {
       const int64_t g = bag_of_[static_cast<size_t>(i)];
       const BackwardTableMeta& t = table(table_of_bag(g));
       const int64_t id = static_cast<int64_t>(ids_[i]);
-      float dot = 0.0f;
+      Acc dot = 0;
       if (contributes(id, t)) {
         const int64_t r = out_row_of_bag(g);
         const int64_t col0 = none_ ? 0 : t.grad_col;
         for (int32_t d = 0; d < t.dim; ++d) {
-          dot = dot +
-                grad_out(r, col0 + d) * load(p_.table_dtype, t.weights, id * t.weight_stride + d);
+          dot = dot + grad_out(r, col0 + d) *
+                          load<Acc>(p_.table_dtype, t.weights, id * t.weight_stride + d);
         }
       }
-      p_.grad_weights[i] = dot;
+      static_cast<Acc*>(p_.grad_weights)[i] = dot;
     }
   }
 
   const EmbeddingBagBackwardParams& p_;
   const Index* ids_;
   const Index* offsets_;
+  const Acc* weights_;
   const bool none_;
   std::vector<int64_t> bag_of_;
   std::vector<int64_t> count_;
@@ -299,10 +311,18 @@ class BackwardCpu {
 }  // namespace
 
 void embedding_bag_backward_cpu(const EmbeddingBagBackwardParams& p) {
-  if (p.index_type == IndexType::kI32) {
-    BackwardCpu<int32_t>(p).run();
+  const auto run = [&](auto acc) {
+    using Acc = decltype(acc);
+    if (p.index_type == IndexType::kI32) {
+      BackwardCpu<int32_t, Acc>(p).run();
+    } else {
+      BackwardCpu<int64_t, Acc>(p).run();
+    }
+  };
+  if (p.table_dtype == DType::kF64) {
+    run(double{});
   } else {
-    BackwardCpu<int64_t>(p).run();
+    run(float{});
   }
 }
 

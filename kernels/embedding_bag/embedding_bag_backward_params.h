@@ -13,17 +13,19 @@ namespace spembed::detail {
 
 // Per-table targets of the backward. Element offsets are 64-bit.
 struct BackwardTableMeta {
+  // Gradients, states: the accumulation type of the table dtype (double for
+  // float64 tables, else float; kernels/common/accumulate.h).
   void* weights = nullptr;  // the table (read by (d), updated by (c)); dtype p.table_dtype
   int64_t rows = 0;
   int64_t weight_stride = 0;  // row stride of weights, elements
   int32_t dim = 0;
-  int32_t grad_col = 0;         // first column of this table in grad_output / argmax
-  int64_t row_base = 0;         // linearized row of this table's row 0 (sum of earlier rows)
-  float* grad_table = nullptr;  // (a) [rows, dim] fp32, or null
+  int32_t grad_col = 0;        // first column of this table in grad_output / argmax
+  int64_t row_base = 0;        // linearized row of this table's row 0 (sum of earlier rows)
+  void* grad_table = nullptr;  // (a) [rows, dim], or null
   int64_t grad_table_stride = 0;
-  float* state1 = nullptr;    // (c) Adagrad/Adam [rows, dim], row-wise Adagrad [rows]
+  void* state1 = nullptr;     // (c) Adagrad/Adam [rows, dim], row-wise Adagrad [rows]
   int64_t state1_stride = 0;  // row stride (elements); 1 for row-wise Adagrad
-  float* state2 = nullptr;    // (c) Adam second moment [rows, dim]
+  void* state2 = nullptr;     // (c) Adam second moment [rows, dim]
   int64_t state2_stride = 0;
 };
 
@@ -42,8 +44,8 @@ struct EmbeddingBagBackwardParams {
   int64_t nnz = 0;
   const void* offsets = nullptr;  // [num_bags + 1], or null (fixed_bag_size, or NONE)
   int64_t fixed_bag_size = 0;
-  const float* weights = nullptr;  // per-sample weights, or null
-  const void* argmax = nullptr;    // MAX: [bags_per_table, total dim], index_type
+  const void* weights = nullptr;  // per-sample weights (accumulation type), or null
+  const void* argmax = nullptr;   // MAX: [bags_per_table, total dim], index_type
   int64_t argmax_row_stride = 0;
 
   const void* grad_output = nullptr;  // [bags_per_table, total dim] (NONE: [nnz, dim])
@@ -68,8 +70,8 @@ struct EmbeddingBagBackwardParams {
   bool dense_grad = false;
 
   // (b) row-sparse output; linearized rows (row_base + id).
-  void* unique_ids = nullptr;  // single table: index_type; batched: int64
-  float* unique_grads = nullptr;
+  void* unique_ids = nullptr;       // single table: index_type; batched: int64
+  void* unique_grads = nullptr;     // accumulation type
   int64_t unique_grads_stride = 0;  // row stride, elements (>= max_dim)
   int64_t* num_unique = nullptr;
 
@@ -77,12 +79,13 @@ struct EmbeddingBagBackwardParams {
   bool has_optimizer = false;
   spembed_optimizer_options_t optimizer{};
   // Adam's bias corrections 1 - beta1^step and 1 - beta2^step, computed by
-  // host/ in double and rounded to float (1 for the other optimizers).
-  float adam_bias_correction1 = 1.0f;
-  float adam_bias_correction2 = 1.0f;
+  // host/ in double (1 for the other optimizers); float accumulation rounds
+  // them to float.
+  double adam_bias_correction1 = 1.0;
+  double adam_bias_correction2 = 1.0;
 
   // (d)
-  float* grad_weights = nullptr;  // [nnz]
+  void* grad_weights = nullptr;  // [nnz], accumulation type
 
   int64_t* report = nullptr;  // as in the forward
   void* workspace = nullptr;  // CUDA

@@ -30,6 +30,10 @@
 //            on sm_90) and / or (d), the dot product of the bag's grad_output
 //            row with each of its ids' table rows (group tree reduction).
 //
+// Sums, gradients, states and per-sample weights are in the table's
+// accumulation type Acc (accumulator_t: double for float64 tables, whose
+// grad_output is float64 too, else float).
+//
 // Epilogue per row (compile-time table dtype, runtime outputs): (a) grad_table
 // += sum; (b) unique id and gradient row (zeros up to max_dim); (c) optimizer
 // step through optimizer_math.h, row-wise Adagrad's sum of g'^2 by a group
@@ -77,8 +81,9 @@ __device__ __forceinline__ int64_t shfl64(unsigned mask, int64_t v, int src, int
   return static_cast<int64_t>(__shfl_sync(mask, static_cast<long long>(v), src, width));
 }
 
-__device__ __forceinline__ float group_sum(const Group& g, float v) {
-  for (int o = g.lanes / 2; o > 0; o /= 2) v = __fadd_rn(v, __shfl_xor_sync(g.mask, v, o, g.lanes));
+template <typename Acc>
+__device__ __forceinline__ Acc group_sum(const Group& g, Acc v) {
+  for (int o = g.lanes / 2; o > 0; o /= 2) v = add_rn(v, __shfl_xor_sync(g.mask, v, o, g.lanes));
   return v;
 }
 
@@ -106,8 +111,8 @@ __device__ __forceinline__ int64_t ld_index(const void* base, int64_t i, IndexTy
 }
 
 template <typename T>
-__device__ __forceinline__ float elem_to_float(T x) {
-  if constexpr (std::is_same_v<T, float>) {
+__device__ __forceinline__ accumulator_t<T> elem_to_float(T x) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
     return x;
   } else if constexpr (std::is_same_v<T, __half>) {
     return __half2float(x);
@@ -116,15 +121,25 @@ __device__ __forceinline__ float elem_to_float(T x) {
   }
 }
 
-// 4 columns c0..c0+3 of a row as fp32; columns >= dim read as 0. `vec`: the
-// row and dim allow one 16-byte (fp32) or 8-byte (fp16 / bf16) load.
+// 4 columns c0..c0+3 of a row in the accumulation type Acc (T's, or float
+// for partial sums and states); columns >= dim read as 0. `vec`: the row and
+// dim allow one 16-byte (fp32) or 8-byte (fp16 / bf16) load, or two 16-byte
+// loads (fp64; vec_ok asks 32-byte alignment, the vector's size).
 // Columns are 64-bit here (embedding_bag_backward_columns.h): nothing wraps.
 // kReadOnly: data no kernel of this call writes (grad_output, table for (d)).
 template <typename T, bool kReadOnly>
 __device__ __forceinline__ void load4(const T* row, int64_t c0, int64_t dim, bool vec,
-                                      float (&x)[4]) {
+                                      accumulator_t<T> (&x)[4]) {
   if (vec) {
-    if constexpr (sizeof(T) == 4) {
+    if constexpr (sizeof(T) == 8) {
+      const auto* v = reinterpret_cast<const double2*>(row + c0);
+      const double2 a = kReadOnly ? __ldg(v) : v[0];
+      const double2 b = kReadOnly ? __ldg(v + 1) : v[1];
+      x[0] = a.x;
+      x[1] = a.y;
+      x[2] = b.x;
+      x[3] = b.y;
+    } else if constexpr (sizeof(T) == 4) {
       const float4 r = kReadOnly ? __ldg(reinterpret_cast<const float4*>(row + c0))
                                  : *reinterpret_cast<const float4*>(row + c0);
       x[0] = r.x;
@@ -150,15 +165,23 @@ __device__ __forceinline__ void load4(const T* row, int64_t c0, int64_t dim, boo
         x[e] = elem_to_float(row[c0 + e]);
       }
     } else {
-      x[e] = 0.0f;
+      x[e] = 0;
     }
   }
 }
 
-__device__ __forceinline__ void store4_f32(float* row, int64_t c0, int64_t dim, bool vec,
-                                           const float (&x)[4]) {
+// Stores 4 accumulation-type values (float or double) at columns c0..c0+3.
+template <typename Acc>
+__device__ __forceinline__ void store4(Acc* row, int64_t c0, int64_t dim, bool vec,
+                                       const Acc (&x)[4]) {
   if (vec) {
-    *reinterpret_cast<float4*>(row + c0) = make_float4(x[0], x[1], x[2], x[3]);
+    if constexpr (sizeof(Acc) == 8) {
+      auto* v = reinterpret_cast<double2*>(row + c0);
+      v[0] = make_double2(x[0], x[1]);
+      v[1] = make_double2(x[2], x[3]);
+    } else {
+      *reinterpret_cast<float4*>(row + c0) = make_float4(x[0], x[1], x[2], x[3]);
+    }
     return;
   }
 #pragma unroll
@@ -171,10 +194,10 @@ __device__ __forceinline__ void store4_f32(float* row, int64_t c0, int64_t dim, 
 // random bits of (seed, linearized row, column)).
 template <typename TableT>
 __device__ __forceinline__ void store4_weights(TableT* row, int64_t c0, int64_t dim, bool vec,
-                                               const float (&x)[4], bool stochastic, uint64_t seed,
-                                               int64_t key) {
-  if constexpr (sizeof(TableT) == 4) {
-    store4_f32(row, c0, dim, vec, x);
+                                               const accumulator_t<TableT> (&x)[4], bool stochastic,
+                                               uint64_t seed, int64_t key) {
+  if constexpr (sizeof(TableT) >= 4) {
+    store4(row, c0, dim, vec, x);
   } else {
     uint16_t bits[4];
 #pragma unroll
@@ -216,18 +239,21 @@ __device__ __forceinline__ const BackwardTableMeta& table_of(const EmbeddingBagB
 // A thread's sums of one column block, kept in shared memory: the epilogue
 // and the partial rows read them back, so they do not hold 16 registers
 // across the optimizer step (the kernels stay within kBackwardMinBlocksPerSm's 128
-// registers). Slot (v, e) of thread x is at [v * 4 + e][x]: no bank conflicts,
-// and a thread only touches its own slots, so no barrier is needed.
+// registers). Slot (v, e) of thread x is at [v * 4 + e][x]: no bank conflicts
+// (fp64: two-way, the 8-byte words of a warp span 64 banks), and a thread only
+// touches its own slots, so no barrier is needed.
+template <typename Acc>
 struct Sums {
-  float* base;
-  __device__ float& operator()(int v, int e) const {
+  Acc* base;
+  __device__ Acc& operator()(int v, int e) const {
     return base[(v * kColsPerVec + e) * kBackwardBlockThreads];
   }
 };
 
-__device__ __forceinline__ Sums thread_sums() {
-  __shared__ float sums[kMaxVecPerLane * kColsPerVec][kBackwardBlockThreads];
-  return Sums{&sums[0][threadIdx.x]};
+template <typename Acc>
+__device__ __forceinline__ Sums<Acc> thread_sums() {
+  __shared__ Acc sums[kMaxVecPerLane * kColsPerVec][kBackwardBlockThreads];
+  return Sums<Acc>{&sums[0][threadIdx.x]};
 }
 
 // Row of a contribution: its bag's (table, out row, grad_output column).
@@ -248,11 +274,12 @@ __device__ __forceinline__ BagRow bag_row(const EmbeddingBagBackwardParams& p, i
 // Outputs of one column block of a row whose sums are in g: (a), (b), (c).
 // Everything is derived here from p and t, not carried across the reduction
 // (which needs the registers).
-template <typename TableT>
+template <typename TableT, typename Acc = accumulator_t<TableT>>
 __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
                                             const BackwardLaunch& plan, const Group& grp, int64_t u,
                                             int64_t key, const BackwardTableMeta& t, uint32_t blk,
-                                            const Sums& g, float row_state) {
+                                            const Sums<Acc>& g, Acc row_state) {
+  constexpr int kAccBytes = sizeof(Acc);
   const int V = plan.vec_per_lane;
   const uint32_t W = grp.lanes * V * kColsPerVec;
   const uint32_t dim = t.dim;
@@ -263,18 +290,18 @@ __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
     const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
     if (v >= V || c0 >= dim) continue;
     if (plan.do_dense && t.grad_table != nullptr) {
-      float* row = t.grad_table + id * t.grad_table_stride;
-      const bool vec = vec_ok(t.grad_table, t.grad_table_stride, dim, 4);
-      float x[4];
-      load4<float, false>(row, c0, dim, vec, x);
+      Acc* row = static_cast<Acc*>(t.grad_table) + id * t.grad_table_stride;
+      const bool vec = vec_ok(t.grad_table, t.grad_table_stride, dim, kAccBytes);
+      Acc x[4];
+      load4<Acc, false>(row, c0, dim, vec, x);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) x[e] = __fadd_rn(x[e], g(v, e));
-      store4_f32(row, c0, dim, vec, x);
+      for (int e = 0; e < 4; ++e) x[e] = add_rn(x[e], g(v, e));
+      store4(row, c0, dim, vec, x);
     }
     if (p.unique_grads != nullptr) {
-      const float x[4] = {g(v, 0), g(v, 1), g(v, 2), g(v, 3)};
-      store4_f32(p.unique_grads + u * p.unique_grads_stride, c0, dim,
-                 vec_ok(p.unique_grads, p.unique_grads_stride, dim, 4), x);
+      const Acc x[4] = {g(v, 0), g(v, 1), g(v, 2), g(v, 3)};
+      store4(static_cast<Acc*>(p.unique_grads) + u * p.unique_grads_stride, c0, dim,
+             vec_ok(p.unique_grads, p.unique_grads_stride, dim, kAccBytes), x);
     }
     if (!p.has_optimizer) continue;
     auto* weights = static_cast<TableT*>(t.weights) + id * t.weight_stride;
@@ -282,19 +309,19 @@ __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
     const OptimizerKind kind = optimizer_kind(o.optimizer);
     const bool elementwise_state = kind.state1 == StateShape::kPerElement;
     const bool adam = kind.state2 == StateShape::kPerElement;
-    const bool state_vec = vec_ok(t.state1, t.state1_stride, dim, 4) &&
-                           (!adam || vec_ok(t.state2, t.state2_stride, dim, 4));
-    float* s1_row = elementwise_state ? t.state1 + id * t.state1_stride : nullptr;
-    float* s2_row = adam ? t.state2 + id * t.state2_stride : nullptr;
-    float w[4];
-    float s1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const bool state_vec = vec_ok(t.state1, t.state1_stride, dim, kAccBytes) &&
+                           (!adam || vec_ok(t.state2, t.state2_stride, dim, kAccBytes));
+    Acc* s1_row = elementwise_state ? static_cast<Acc*>(t.state1) + id * t.state1_stride : nullptr;
+    Acc* s2_row = adam ? static_cast<Acc*>(t.state2) + id * t.state2_stride : nullptr;
+    Acc w[4];
+    Acc s1[4] = {0, 0, 0, 0};
+    Acc s2[4] = {0, 0, 0, 0};
     load4<TableT, false>(weights, c0, dim, w_vec, w);
-    if (s1_row != nullptr) load4<float, false>(s1_row, c0, dim, state_vec, s1);
-    if (s2_row != nullptr) load4<float, false>(s2_row, c0, dim, state_vec, s2);
+    if (s1_row != nullptr) load4<Acc, false>(s1_row, c0, dim, state_vec, s1);
+    if (s2_row != nullptr) load4<Acc, false>(s2_row, c0, dim, state_vec, s2);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float gp = opt_decayed_grad(g(v, e), w[e], o.weight_decay);
+      const Acc gp = opt_decayed_grad(g(v, e), w[e], o.weight_decay);
       switch (o.optimizer) {
         case SPEMBED_OPTIMIZER_ADAGRAD:
           w[e] = opt_adagrad(w[e], gp, s1[e], o.learning_rate, o.eps);
@@ -304,7 +331,8 @@ __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
           break;
         case SPEMBED_OPTIMIZER_ADAM:
           w[e] = opt_adam(w[e], gp, s1[e], s2[e], o.learning_rate, o.beta1, o.beta2, o.eps,
-                          p.adam_bias_correction1, p.adam_bias_correction2);
+                          static_cast<Acc>(p.adam_bias_correction1),
+                          static_cast<Acc>(p.adam_bias_correction2));
           break;
         case SPEMBED_OPTIMIZER_SGD:
         default:
@@ -313,8 +341,8 @@ __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
       }
     }
     store4_weights<TableT>(weights, c0, dim, w_vec, w, o.stochastic_rounding != 0, o.seed, key);
-    if (s1_row != nullptr) store4_f32(s1_row, c0, dim, state_vec, s1);
-    if (s2_row != nullptr) store4_f32(s2_row, c0, dim, state_vec, s2);
+    if (s1_row != nullptr) store4(s1_row, c0, dim, state_vec, s1);
+    if (s2_row != nullptr) store4(s2_row, c0, dim, state_vec, s2);
   }
 }
 
@@ -323,31 +351,31 @@ __device__ __forceinline__ void apply_block(const EmbeddingBagBackwardParams& p,
 // called twice per block of a row of several blocks under row-wise Adagrad,
 // which needs the whole row's sum of g'^2 first); with scale_grad_by_freq the
 // sum is then divided by len, as the CPU implementation does.
-template <typename TableT, typename ReduceBlock>
+template <typename TableT, typename ReduceBlock, typename Acc = accumulator_t<TableT>>
 __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p,
                                              const BackwardLaunch& plan, const Group& grp,
                                              int64_t u, int64_t key, int64_t len,
                                              const BackwardTableMeta& t,
                                              ReduceBlock&& reduce_block) {
-  const auto sum_block = [&](uint32_t blk, const Sums& g) {
+  const auto sum_block = [&](uint32_t blk, const Sums<Acc>& g) {
     reduce_block(blk, g);
     if (!p.scale_grad_by_freq) return;
-    const auto frequency = static_cast<float>(len);
+    const auto frequency = static_cast<Acc>(len);
 #pragma unroll
     for (int v = 0; v < kMaxVecPerLane; ++v) {
       if (v >= plan.vec_per_lane) continue;
 #pragma unroll
-      for (int e = 0; e < kColsPerVec; ++e) g(v, e) = __fdiv_rn(g(v, e), frequency);
+      for (int e = 0; e < kColsPerVec; ++e) g(v, e) = div_rn(g(v, e), frequency);
     }
   };
   const uint32_t W = grp.lanes * plan.vec_per_lane * kColsPerVec;
   const uint32_t num_blocks = backward_column_blocks(t.dim, W);
   const bool rowwise =
       p.has_optimizer && optimizer_kind(p.optimizer.optimizer).state1 == StateShape::kPerRow;
-  const Sums g = thread_sums();
-  float row_state = 0.0f;
+  const Sums<Acc> g = thread_sums<Acc>();
+  Acc row_state = 0;
   if (rowwise) {
-    float squares = 0.0f;
+    Acc squares = 0;
     for (uint32_t blk = 0; blk < num_blocks; ++blk) {
       sum_block(blk, g);
       const uint32_t dim = t.dim;
@@ -358,7 +386,7 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
       for (int v = 0; v < kMaxVecPerLane; ++v) {
         const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
         if (v >= plan.vec_per_lane || c0 >= dim) continue;
-        float w[4];
+        Acc w[4];
         load4<TableT, false>(weights, c0, dim, w_vec, w);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
@@ -373,8 +401,9 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
     // Lane 0 of the group reads the row's state and, at the end, writes it:
     // the other lanes get it by shuffle, so no lane reads the state while
     // lane 0 may already be storing the new one.
-    float old_state = 0.0f;
-    if (grp.j == 0) old_state = t.state1[(key - t.row_base) * t.state1_stride];
+    Acc old_state = 0;
+    if (grp.j == 0)
+      old_state = static_cast<const Acc*>(t.state1)[(key - t.row_base) * t.state1_stride];
     old_state = __shfl_sync(grp.mask, old_state, 0, grp.lanes);
     row_state = opt_rowwise_state(old_state, squares, t.dim);
   }
@@ -384,10 +413,10 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
   }
 
   if (p.unique_grads != nullptr) {
-    float* unique_row = p.unique_grads + u * p.unique_grads_stride;
+    Acc* unique_row = static_cast<Acc*>(p.unique_grads) + u * p.unique_grads_stride;
     const auto max_dim = static_cast<uint32_t>(p.max_dim);
     for (uint32_t c = static_cast<uint32_t>(t.dim) + grp.j; c < max_dim; c += grp.lanes) {
-      unique_row[c] = 0.0f;
+      unique_row[c] = 0;
     }
     if (grp.j == 0) {
       if (p.num_tables > 1 || p.index_type == IndexType::kI64) {
@@ -397,18 +426,20 @@ __device__ __forceinline__ void row_epilogue(const EmbeddingBagBackwardParams& p
       }
     }
   }
-  if (rowwise && grp.j == 0) t.state1[(key - t.row_base) * t.state1_stride] = row_state;
+  if (rowwise && grp.j == 0) {
+    static_cast<Acc*>(t.state1)[(key - t.row_base) * t.state1_stride] = row_state;
+  }
 }
 
 // Sum of the contributions of sorted entries [e0, e1) (one run, or one chunk
 // of it) to column block blk, in the documented order: chunks of CHUNK
 // entries from e0, each summed sequentially from +0, chunk sums added in order.
-template <typename GradT, bool kMax>
+template <typename GradT, bool kMax, typename Acc = accumulator_t<GradT>>
 __device__ __forceinline__ void sum_entries(const EmbeddingBagBackwardParams& p,
                                             const BackwardWorkspace& ws, const BackwardLaunch& plan,
                                             const Group& grp, ContribKind kind, int64_t e0,
                                             int64_t e1, int64_t id, const BackwardTableMeta& t,
-                                            uint32_t blk, const Sums& total) {
+                                            uint32_t blk, const Sums<Acc>& total) {
   const int V = plan.vec_per_lane;
   const uint32_t W = grp.lanes * V * kColsPerVec;
   const uint32_t dim = t.dim;
@@ -417,62 +448,65 @@ __device__ __forceinline__ void sum_entries(const EmbeddingBagBackwardParams& p,
   const bool go_vec = plan.go_vec && col % 4 == 0 && dim % 4 == 0;
   const auto* go = static_cast<const GradT*>(p.grad_output);
   const void* positions = ws.vals[ws.sorted];
+  // The planner gives fp64 tables at most kMaxVecPerLaneF64 vectors per lane.
+  constexpr int kVecs = sizeof(Acc) == 8 ? kMaxVecPerLaneF64 : kMaxVecPerLane;
 
   for (int64_t cs = e0; cs < e1; cs += SPEMBED_BACKWARD_CHUNK) {
     const int64_t ce = min(e1, cs + SPEMBED_BACKWARD_CHUNK);
-    float acc[kMaxVecPerLane][kColsPerVec];
+    Acc acc[kVecs][kColsPerVec];
 #pragma unroll
-    for (int v = 0; v < kMaxVecPerLane; ++v) {
+    for (int v = 0; v < kVecs; ++v) {
 #pragma unroll
-      for (int e = 0; e < kColsPerVec; ++e) acc[v][e] = 0.0f;
+      for (int e = 0; e < kColsPerVec; ++e) acc[v][e] = 0;
     }
     for (int64_t b = cs; b < ce; b += grp.lanes) {
       // Lane j fetches entry b + j: its position, bag and scale.
       int64_t my_bag = 0;
-      float my_scale = 1.0f;
+      Acc my_scale = 1;
       if (b + grp.j < ce) {
         const int64_t pos = ld_pos(positions, b + grp.j, ws.wide);
         my_bag = none ? pos : p.fixed_bag_size > 0 ? pos / p.fixed_bag_size : ld_bag(ws, pos);
-        if (kind == ContribKind::kWeighted) my_scale = load_ro(p.weights + pos);
+        if (kind == ContribKind::kWeighted)
+          my_scale = load_ro(static_cast<const Acc*>(p.weights) + pos);
         if (kind == ContribKind::kMean)
-          my_scale = static_cast<float>(ld_pos(ws.count_of, pos, ws.wide));
+          my_scale = static_cast<Acc>(ld_pos(ws.count_of, pos, ws.wide));
       }
       const int n = static_cast<int>(min(static_cast<int64_t>(grp.lanes), ce - b));
       for (int k = 0; k < n; ++k) {
         const int64_t bag = shfl64(grp.mask, my_bag, k, grp.lanes);
-        const float scale = __shfl_sync(grp.mask, my_scale, k, grp.lanes);
+        const Acc scale = __shfl_sync(grp.mask, my_scale, k, grp.lanes);
         const BagRow br = bag_row(p, bag);
         const GradT* go_row = go + br.out_row * p.grad_row_stride + col;
 #pragma unroll
-        for (int v = 0; v < kMaxVecPerLane; ++v) {
+        for (int v = 0; v < kVecs; ++v) {
           const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
           if (v >= V || c0 >= dim) continue;
-          float x[4];
+          Acc x[4];
           load4<GradT, true>(go_row, c0, dim, go_vec, x);
           if constexpr (kMax) {
             const int64_t arow = br.out_row * p.argmax_row_stride + col + c0;
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const bool carries = c0 + e < dim && ld_index(p.argmax, arow + e, p.index_type) == id;
-              acc[v][e] = __fadd_rn(acc[v][e], carries ? x[e] : 0.0f);
+              acc[v][e] = add_rn(acc[v][e], carries ? x[e] : Acc(0));
             }
           } else {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float c = kind == ContribKind::kWeighted ? __fmul_rn(scale, x[e])
-                              : kind == ContribKind::kMean   ? __fdiv_rn(x[e], scale)
-                                                             : x[e];
-              acc[v][e] = __fadd_rn(acc[v][e], c);
+              const Acc c = kind == ContribKind::kWeighted ? mul_rn(scale, x[e])
+                            : kind == ContribKind::kMean   ? div_rn(x[e], scale)
+                                                           : x[e];
+              acc[v][e] = add_rn(acc[v][e], c);
             }
           }
         }
       }
     }
 #pragma unroll
-    for (int v = 0; v < kMaxVecPerLane; ++v) {
+    for (int v = 0; v < kVecs; ++v) {
 #pragma unroll
       for (int e = 0; e < kColsPerVec; ++e) {
-        total(v, e) = cs == e0 ? acc[v][e] : __fadd_rn(total(v, e), acc[v][e]);
+        total(v, e) = cs == e0 ? acc[v][e] : add_rn(total(v, e), acc[v][e]);
       }
     }
   }
@@ -504,6 +538,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
     reduce_kernel(const __grid_constant__ EmbeddingBagBackwardParams p,
                   const __grid_constant__ BackwardWorkspace ws,
                   const __grid_constant__ BackwardLaunch plan) {
+  using Acc = accumulator_t<TableT>;
   if (plan.read_record && record_says_stop(p)) return;
   const Group grp = make_group(plan.lanes);
   const ContribKind kind = contrib_kind(p);
@@ -524,23 +559,24 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
       const int64_t c = item - ld_pos(ws.run_item, u, ws.wide);
       const int64_t e0 = start + c * SPEMBED_BACKWARD_CHUNK;
       const int64_t e1 = min(start + len, e0 + SPEMBED_BACKWARD_CHUNK);
-      float* partial = ws.partials + (ld_pos(ws.run_partial, u, ws.wide) + c) * p.max_dim;
+      Acc* partial =
+          static_cast<Acc*>(ws.partials) + (ld_pos(ws.run_partial, u, ws.wide) + c) * p.max_dim;
       const bool part_vec = p.max_dim % 4 == 0;
       const uint32_t num_blocks = backward_column_blocks(t.dim, W);
       for (uint32_t blk = 0; blk < num_blocks; ++blk) {
-        const Sums g = thread_sums();
+        const Sums<Acc> g = thread_sums<Acc>();
         sum_entries<GradT, kMax>(p, ws, plan, grp, kind, e0, e1, id, t, blk, g);
 #pragma unroll
         for (int v = 0; v < kMaxVecPerLane; ++v) {
           const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
           if (v >= V || c0 >= t.dim) continue;
-          const float x[4] = {g(v, 0), g(v, 1), g(v, 2), g(v, 3)};
-          store4_f32(partial, c0, t.dim, part_vec && t.dim % 4 == 0, x);
+          const Acc x[4] = {g(v, 0), g(v, 1), g(v, 2), g(v, 3)};
+          store4(partial, c0, t.dim, part_vec && t.dim % 4 == 0, x);
         }
       }
       continue;
     }
-    row_epilogue<TableT>(p, plan, grp, u, key, len, t, [&](uint32_t blk, const Sums& g) {
+    row_epilogue<TableT>(p, plan, grp, u, key, len, t, [&](uint32_t blk, const Sums<Acc>& g) {
       sum_entries<GradT, kMax>(p, ws, plan, grp, kind, start, start + len, id, t, blk, g);
     });
   }
@@ -551,6 +587,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
     combine_kernel(const __grid_constant__ EmbeddingBagBackwardParams p,
                    const __grid_constant__ BackwardWorkspace ws,
                    const __grid_constant__ BackwardLaunch plan) {
+  using Acc = accumulator_t<TableT>;
   if (plan.read_record && record_says_stop(p)) return;
   const Group grp = make_group(plan.lanes);
   const int V = plan.vec_per_lane;
@@ -565,30 +602,34 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
     const int64_t first_partial = ld_pos(ws.run_partial, u, ws.wide);
     const int64_t chunks = (len + SPEMBED_BACKWARD_CHUNK - 1) / SPEMBED_BACKWARD_CHUNK;
     const bool part_vec = p.max_dim % 4 == 0 && t.dim % 4 == 0;
-    row_epilogue<TableT>(p, plan, grp, u, key, len, t, [&](uint32_t blk, const Sums& g) {
+    row_epilogue<TableT>(p, plan, grp, u, key, len, t, [&](uint32_t blk, const Sums<Acc>& g) {
       for (int64_t c = 0; c < chunks; ++c) {
-        const float* partial = ws.partials + (first_partial + c) * p.max_dim;
+        const Acc* partial = static_cast<const Acc*>(ws.partials) + (first_partial + c) * p.max_dim;
 #pragma unroll
         for (int v = 0; v < kMaxVecPerLane; ++v) {
           const int64_t c0 = backward_column(blk, W, v, grp.lanes, grp.j);
           if (v >= V || c0 >= t.dim) continue;
-          float x[4];
-          load4<float, false>(partial, c0, t.dim, part_vec, x);
+          Acc x[4];
+          load4<Acc, false>(partial, c0, t.dim, part_vec, x);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) g(v, e) = c == 0 ? x[e] : __fadd_rn(g(v, e), x[e]);
+          for (int e = 0; e < 4; ++e) g(v, e) = c == 0 ? x[e] : add_rn(g(v, e), x[e]);
         }
       }
     });
   }
 }
 
-// Float atomics of 4 contributions to grad_table columns c0..c0+3.
-__device__ __forceinline__ void atomic_add4(float* row, int64_t c0, int64_t dim, bool vec,
-                                            const float (&x)[4]) {
+// Float atomics of 4 contributions to grad_table columns c0..c0+3 (fp64:
+// one 8-byte atomic per element).
+template <typename Acc>
+__device__ __forceinline__ void atomic_add4(Acc* row, int64_t c0, int64_t dim, bool vec,
+                                            const Acc (&x)[4]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (vec) {
-    atomicAdd(reinterpret_cast<float4*>(row + c0), make_float4(x[0], x[1], x[2], x[3]));
-    return;
+  if constexpr (sizeof(Acc) == 4) {
+    if (vec) {
+      atomicAdd(reinterpret_cast<float4*>(row + c0), make_float4(x[0], x[1], x[2], x[3]));
+      return;
+    }
   }
 #endif
 #pragma unroll
@@ -601,6 +642,8 @@ template <typename TableT, typename GradT>
 __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm)
     bag_kernel(const __grid_constant__ EmbeddingBagBackwardParams p,
                const __grid_constant__ BackwardLaunch plan) {
+  using Acc = accumulator_t<TableT>;
+  constexpr int kAccBytes = sizeof(Acc);
   if (plan.read_record && record_says_stop(p)) return;
   const Group grp = make_group(plan.lanes);
   const ContribKind kind = contrib_kind(p);
@@ -619,7 +662,8 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
     const bool go_vec = plan.go_vec && col % 4 == 0 && dim % 4 == 0;
     const GradT* go_row = go + br.out_row * p.grad_row_stride + col;
     const bool dense = plan.do_dense && t.grad_table != nullptr;
-    const bool gt_vec = vec_ok(t.grad_table, t.grad_table_stride, dim, 4);
+    const bool gt_vec = vec_ok(t.grad_table, t.grad_table_stride, dim, kAccBytes);
+    Acc* const grad_table = static_cast<Acc*>(t.grad_table);
     int64_t begin;
     int64_t end;
     if (none) {
@@ -661,7 +705,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
           // fewer registers here than 64-bit ones.
           const auto c0 = static_cast<uint32_t>(backward_column(blk, W, v, grp.lanes, grp.j));
           if (v >= V || c0 >= dim) continue;
-          float x[4];
+          Acc x[4];
           load4<GradT, true>(go_row, c0, dim, go_vec, x);
           const int64_t arow = br.out_row * p.argmax_row_stride + col + c0;
 #pragma unroll
@@ -669,14 +713,14 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
             if (static_cast<uint32_t>(e) >= dim - c0) continue;
             const int64_t a = ld_index(p.argmax, arow + e, p.index_type);
             if (a >= 0 && a < t.rows)
-              atomicAdd(t.grad_table + a * t.grad_table_stride + c0 + e, x[e]);
+              atomicAdd(grad_table + a * t.grad_table_stride + c0 + e, x[e]);
           }
         }
       }
       continue;
     }
 
-    float count = 1.0f;
+    Acc count = 1;
     if (kind == ContribKind::kMean) {
       // 64-bit: one bag may hold more than 2^31 ids.
       int64_t n = 0;
@@ -687,7 +731,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
         n += static_cast<int64_t>(
             __shfl_xor_sync(grp.mask, static_cast<long long>(n), o, grp.lanes));
       }
-      count = static_cast<float>(n);
+      count = static_cast<Acc>(n);
     }
     for (int64_t i = begin; i < end; ++i) {
       const int64_t id = ld_index(p.indices, i, p.index_type);
@@ -698,7 +742,7 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
         atomicMin(&record->first_bad_index_position, static_cast<unsigned long long>(i));
       }
       if (plan.do_weight_grad) {
-        float dot = 0.0f;
+        Acc dot = 0;
         if (valid) {
           const auto* w_row = static_cast<const TableT*>(t.weights) + id * t.weight_stride;
           const bool w_vec = vec_ok(t.weights, t.weight_stride, dim, sizeof(TableT));
@@ -707,32 +751,34 @@ __global__ void __launch_bounds__(kBackwardBlockThreads, kBackwardMinBlocksPerSm
             for (int v = 0; v < kMaxVecPerLane; ++v) {
               const auto c0 = static_cast<uint32_t>(backward_column(blk, W, v, grp.lanes, grp.j));
               if (v >= V || c0 >= dim) continue;
-              float x[4];
-              float w[4];
+              Acc x[4];
+              Acc w[4];
               load4<GradT, true>(go_row, c0, dim, go_vec, x);
               load4<TableT, true>(w_row, c0, dim, w_vec, w);
 #pragma unroll
-              for (int e = 0; e < 4; ++e) dot = __fadd_rn(dot, __fmul_rn(x[e], w[e]));
+              for (int e = 0; e < 4; ++e) dot = add_rn(dot, mul_rn(x[e], w[e]));
             }
           }
         }
         dot = group_sum(grp, dot);
-        if (grp.j == 0) p.grad_weights[i] = dot;
+        if (grp.j == 0) static_cast<Acc*>(p.grad_weights)[i] = dot;
       }
       if (dense && valid) {
-        const float scale = kind == ContribKind::kWeighted ? load_ro(p.weights + i) : count;
-        float* row = t.grad_table + id * t.grad_table_stride;
+        const Acc scale = kind == ContribKind::kWeighted
+                              ? load_ro(static_cast<const Acc*>(p.weights) + i)
+                              : count;
+        Acc* row = grad_table + id * t.grad_table_stride;
         for (uint32_t blk = 0; blk < num_blocks; ++blk) {
 #pragma unroll
           for (int v = 0; v < kMaxVecPerLane; ++v) {
             const auto c0 = static_cast<uint32_t>(backward_column(blk, W, v, grp.lanes, grp.j));
             if (v >= V || c0 >= dim) continue;
-            float x[4];
+            Acc x[4];
             load4<GradT, true>(go_row, c0, dim, go_vec, x);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              x[e] = kind == ContribKind::kWeighted ? __fmul_rn(scale, x[e])
-                     : kind == ContribKind::kMean   ? __fdiv_rn(x[e], scale)
+              x[e] = kind == ContribKind::kWeighted ? mul_rn(scale, x[e])
+                     : kind == ContribKind::kMean   ? div_rn(x[e], scale)
                                                     : x[e];
             }
             atomic_add4(row, c0, dim, gt_vec, x);
@@ -762,13 +808,25 @@ int resident_grid(Kernel kernel, int64_t items, int lanes, uint32_t* grid) {
   return 0;
 }
 
+// grad_output's element type: a float64 table's is double (host/ checks it),
+// the others' float, __half or __nv_bfloat16.
+#define SPEMBED_GRAD_DTYPE_SWITCH(TABLE_T, DTYPE, TYPE, ...) \
+  [&] {                                                      \
+    if constexpr (std::is_same_v<TABLE_T, double>) {         \
+      using TYPE = double;                                   \
+      return __VA_ARGS__();                                  \
+    } else {                                                 \
+      return SPEMBED_DTYPE_SWITCH(DTYPE, TYPE, __VA_ARGS__); \
+    }                                                        \
+  }()
+
 }  // namespace backward
 
 template <typename TableT>
 int launch_backward_bag_kernel(const EmbeddingBagBackwardParams& p, const BackwardLaunch& plan,
                                cudaStream_t stream) {
   const int64_t num_bags = p.pooling == SPEMBED_POOLING_NONE ? p.nnz : p.num_bags();
-  return SPEMBED_DTYPE_SWITCH(p.grad_dtype, GradT, [&] {
+  return SPEMBED_GRAD_DTYPE_SWITCH(TableT, p.grad_dtype, GradT, [&] {
     auto kernel = backward::bag_kernel<TableT, GradT>;
     uint32_t grid = 0;
     if (const int e = backward::resident_grid(kernel, num_bags, plan.lanes, &grid)) return e;
@@ -781,7 +839,7 @@ template <typename TableT>
 int launch_backward_reduce(const EmbeddingBagBackwardParams& p, const BackwardWorkspace& ws,
                            const BackwardLaunch& plan, cudaStream_t stream) {
   // Work items: at most one per entry; hot runs: at most max_partial_rows.
-  const int error = SPEMBED_DTYPE_SWITCH(p.grad_dtype, GradT, [&] {
+  const int error = SPEMBED_GRAD_DTYPE_SWITCH(TableT, p.grad_dtype, GradT, [&] {
     return SPEMBED_BOOL_SWITCH(p.pooling == SPEMBED_POOLING_MAX, kMax, [&] {
       auto kernel = backward::reduce_kernel<TableT, GradT, kMax>;
       uint32_t grid = 0;

@@ -74,7 +74,9 @@ struct BackwardWorkspace {
   void* run_partial = nullptr;  // [nnz] first partial row of each hot run
   void* item_run = nullptr;     // [nnz] run of each work item
   void* hot_runs = nullptr;     // [max_partial_rows] runs with several chunks
-  float* partials = nullptr;    // [max_partial_rows, max_dim] chunk sums of hot runs
+  // [max_partial_rows, max_dim] chunk sums of hot runs, in the accumulation
+  // type (float, or double for float64 tables; sized for double).
+  void* partials = nullptr;
   BackwardCounters* counters = nullptr;
   void* cub_temp = nullptr;
   size_t cub_temp_bytes = 0;
@@ -120,7 +122,8 @@ inline BackwardWorkspace plan_backward_workspace(void* base, int64_t nnz, int64_
   ws.cub_temp_bytes = backward_cub_temp_bound(nnz);
   ws.cub_temp = carve(ws.cub_temp_bytes);
   const auto cols = static_cast<size_t>(max_dim > 1 ? max_dim : 1);
-  ws.partials = static_cast<float*>(carve(partial_rows * cols * sizeof(float)));
+  // 8 bytes a column whatever the dtype: the size queries do not know it.
+  ws.partials = carve(partial_rows * cols * sizeof(double));
   ws.total_bytes = offset;
   return ws;
 }

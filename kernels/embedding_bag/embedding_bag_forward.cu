@@ -83,7 +83,7 @@ int embedding_bag_forward_cuda(const EmbeddingBagForwardParams& p, void* stream_
   plan.read_record = run_checks;
   plan.count_bad = use_record && p.bounds_policy == SPEMBED_BOUNDS_SKIP;
   if (plan.num_items > 0) {
-    const int error = SPEMBED_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
+    const int error = SPEMBED_TABLE_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
       return launch_embedding_bag_pooled<TableT>(lookup, plan, stream);
     });
     if (error != 0) return error;

@@ -1,12 +1,13 @@
 // CPU implementation of the embedding bag forward: the oracle of the CUDA
 // tests and the path used without a GPU. Bags are split over threads; within a
-// bag, rows are accumulated in float32 in the order of the ids, which is the
-// order the CUDA kernels use too.
+// bag, rows are accumulated in float32 (float64 for float64 tables) in the
+// order of the ids, which is the order the CUDA kernels use too.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include "kernels/common/accumulate.h"
 #include "kernels/common/cpu_parallel.h"
 #include "kernels/common/host_half.h"
 #include "kernels/embedding_bag/embedding_bag_forward.h"
@@ -26,14 +27,17 @@ const std::vector<float> g_half_to_float = [] {
 // Element loads and stores; the dtype is a template argument so the inner
 // loops carry no switch.
 template <DType kType>
-float load(const void* base, int64_t i) {
+typename AccumulatorOf<kType>::type load(const void* base, int64_t i) {
+  if constexpr (kType == DType::kF64) return static_cast<const double*>(base)[i];
   if constexpr (kType == DType::kF32) return static_cast<const float*>(base)[i];
   if constexpr (kType == DType::kF16) return g_half_to_float[static_cast<const uint16_t*>(base)[i]];
   if constexpr (kType == DType::kBF16) return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
 }
 
-template <DType kType>
-void store(void* base, int64_t i, float v) {
+template <DType kType, typename Acc>
+void store(void* base, int64_t i, Acc v) {
+  if constexpr (kType == DType::kF64) static_cast<double*>(base)[i] = v;
+  if constexpr (!std::is_same_v<Acc, float>) return;  // a float64 table's output is float64
   if constexpr (kType == DType::kF32) static_cast<float*>(base)[i] = v;
   if constexpr (kType == DType::kF16) static_cast<uint16_t*>(base)[i] = float_to_half(v);
   if constexpr (kType == DType::kBF16) static_cast<uint16_t*>(base)[i] = float_to_bf16(v);
@@ -52,16 +56,22 @@ void dispatch_dtype(DType t, Fn&& fn) {
     case DType::kBF16:
       fn(std::integral_constant<DType, DType::kBF16>{});
       break;
+    case DType::kF64:
+      fn(std::integral_constant<DType, DType::kF64>{});
+      break;
   }
 }
 
 template <typename Index, DType kTable, DType kOut>
 class ForwardCpu {
+  using Acc = typename AccumulatorOf<kTable>::type;
+
  public:
   explicit ForwardCpu(const EmbeddingBagForwardParams& p)
       : p_(p),
         ids_(static_cast<const Index*>(p.indices)),
-        offsets_(static_cast<const Index*>(p.offsets)) {}
+        offsets_(static_cast<const Index*>(p.offsets)),
+        weights_(static_cast<const Acc*>(p.weights)) {}
 
   void run() const {
     // Thresholds keep thread start-up (~tens of microseconds) below the work.
@@ -85,17 +95,17 @@ class ForwardCpu {
     const TableMeta& t = p_.tables[0];
     for (int64_t i = begin; i < end; ++i) {
       const void* r = row(t, static_cast<int64_t>(ids_[i]));
-      const float w = p_.weights ? p_.weights[i] : 1.0f;
+      const Acc w = weights_ ? weights_[i] : Acc(1);
       const int64_t out = i * p_.out_row_stride;
       for (int32_t d = 0; d < t.dim; ++d) {
-        const float v = r ? (p_.weights ? w * load<kTable>(r, d) : load<kTable>(r, d)) : 0.0f;
+        const Acc v = r ? (weights_ ? w * load<kTable>(r, d) : load<kTable>(r, d)) : Acc(0);
         store<kOut>(p_.output, out + d, v);
       }
     }
   }
 
   void pool(int64_t begin, int64_t end) const {
-    std::vector<float> acc(static_cast<size_t>(p_.max_dim));
+    std::vector<Acc> acc(static_cast<size_t>(p_.max_dim));
     std::vector<int64_t> arg(static_cast<size_t>(p_.max_dim));
     const bool is_max = p_.pooling == SPEMBED_POOLING_MAX;
     for (int64_t g = begin; g < end; ++g) {
@@ -104,7 +114,7 @@ class ForwardCpu {
       const int64_t first = offsets_ ? static_cast<int64_t>(offsets_[g]) : g * p_.fixed_bag_size;
       const int64_t last =
           offsets_ ? static_cast<int64_t>(offsets_[g + 1]) : first + p_.fixed_bag_size;
-      std::fill(acc.begin(), acc.begin() + t.dim, 0.0f);
+      std::fill(acc.begin(), acc.begin() + t.dim, Acc(0));
       std::fill(arg.begin(), arg.begin() + t.dim, int64_t{-1});
       int64_t count = 0;
       for (int64_t i = first; i < last; ++i) {
@@ -114,7 +124,7 @@ class ForwardCpu {
         ++count;
         if (is_max) {
           for (int32_t d = 0; d < t.dim; ++d) {
-            const float v = load<kTable>(r, d);
+            const Acc v = load<kTable>(r, d);
             // The first pooled row sets the max; later rows replace it only
             // when strictly greater, so ties keep the earlier row.
             if (count == 1 || v > acc[d]) {
@@ -122,8 +132,8 @@ class ForwardCpu {
               arg[d] = id;
             }
           }
-        } else if (p_.weights) {
-          const float w = p_.weights[i];
+        } else if (weights_) {
+          const Acc w = weights_[i];
           for (int32_t d = 0; d < t.dim; ++d) acc[d] += w * load<kTable>(r, d);
         } else {
           for (int32_t d = 0; d < t.dim; ++d) acc[d] += load<kTable>(r, d);
@@ -132,8 +142,8 @@ class ForwardCpu {
       const bool mean = p_.pooling == SPEMBED_POOLING_MEAN && count > 0;
       const int64_t out = out_row * p_.out_row_stride + t.out_col;
       for (int32_t d = 0; d < t.dim; ++d) {
-        float v = count == 0 ? 0.0f : acc[d];
-        if (mean) v = v / static_cast<float>(count);
+        Acc v = count == 0 ? Acc(0) : acc[d];
+        if (mean) v = v / static_cast<Acc>(count);
         store<kOut>(p_.output, out + d, v);
       }
       if (is_max && p_.argmax != nullptr) {
@@ -146,6 +156,7 @@ class ForwardCpu {
   const EmbeddingBagForwardParams& p_;
   const Index* ids_;
   const Index* offsets_;
+  const Acc* weights_;
 };
 
 }  // namespace

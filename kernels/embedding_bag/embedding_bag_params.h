@@ -31,9 +31,11 @@ struct EmbeddingBagForwardParams {
 
   const void* indices = nullptr;
   int64_t nnz = 0;
-  const void* offsets = nullptr;   // [num_bags + 1]; null with fixed_bag_size or NONE
-  int64_t fixed_bag_size = 0;      // > 0: bag i is ids [i*L, (i+1)*L)
-  const float* weights = nullptr;  // [nnz] or null
+  const void* offsets = nullptr;  // [num_bags + 1]; null with fixed_bag_size or NONE
+  int64_t fixed_bag_size = 0;     // > 0: bag i is ids [i*L, (i+1)*L)
+  // [nnz] or null; the accumulation type (accumulate.h): double for
+  // float64 tables, else float.
+  const void* weights = nullptr;
 
   // Bags are table-major: bag g belongs to table g / bags_per_table and is
   // output row g % bags_per_table.

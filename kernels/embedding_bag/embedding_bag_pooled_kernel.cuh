@@ -23,7 +23,8 @@
 // the group broadcasts them with width-G shuffles. The V vectors of
 // kVecsInFlight / V rows are loaded before the first is accumulated; rows are
 // accumulated in the order of the ids, each output element sequentially, in
-// fp32, and converted to the output dtype once.
+// the table's accumulation type (fp32; fp64 for fp64 tables, whose 16-byte
+// vectors hold 2 elements), and converted to the output dtype once.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -69,6 +70,7 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
                                 const ForwardLaunch plan) {
   using Vec = RowVector<TableT, kVec16>;
   using Raw = typename Vec::Raw;
+  using Acc = typename Vec::Acc;
   constexpr int kElems = Vec::kElems;
   constexpr int kV = kVecPerThread;
   constexpr int kRows = kVecsInFlight / kV;  // rows loaded per step
@@ -98,7 +100,8 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
   const bool has_padding = p.padding_idx >= 0;
   // NONE starts from -0 so that a single row passes through bit-exactly
   // (-0 + x == x for every x, +0 + -0 is +0); a sum starts from +0.
-  const float sum_init = p.pooling == SPEMBED_POOLING_NONE ? -0.0f : 0.0f;
+  const Acc sum_init = p.pooling == SPEMBED_POOLING_NONE ? Acc(-0.0) : Acc(0.0);
+  const auto* sample_weights = static_cast<const Acc*>(p.weights);
   const bool mean = p.pooling == SPEMBED_POOLING_MEAN;
 
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kLanes;
@@ -141,12 +144,12 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
     begin = min(max(begin, int64_t{0}), p.nnz);
     end = min(max(end, begin), p.nnz);
 
-    float acc[kV][kElems];
+    Acc acc[kV][kElems];
     IdxT arg[kIsMax ? kV : 1][kIsMax ? kElems : 1];
 #pragma unroll
     for (int v = 0; v < kV; ++v) {
 #pragma unroll
-      for (int e = 0; e < kElems; ++e) acc[v][e] = kIsMax ? 0.0f : sum_init;
+      for (int e = 0; e < kElems; ++e) acc[v][e] = kIsMax ? Acc(0.0) : sum_init;
     }
 #pragma unroll
     for (int v = 0; v < (kIsMax ? kV : 1); ++v) {
@@ -158,21 +161,21 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
 
     // Lane j holds ids m * kLanes + j (m < kIdsPerLane) of a batch.
     IdxT next_id[kIdsPerLane];
-    float next_weight[kIdsPerLane];
+    Acc next_weight[kIdsPerLane];
 #pragma unroll
     for (int m = 0; m < kIdsPerLane; ++m) {
       const int q = m * kLanes + j;
       next_id[m] = q < end - begin ? load_ro(ids + begin + q) : IdxT{0};
-      next_weight[m] = 1.0f;
+      next_weight[m] = Acc(1.0);
       if constexpr (kWeighted) {
-        if (q < end - begin) next_weight[m] = load_ro(p.weights + begin + q);
+        if (q < end - begin) next_weight[m] = load_ro(sample_weights + begin + q);
       }
     }
     for (int64_t base = begin; base < end; base += kBatch) {
       const int64_t left = end - base;
       // Broadcast values: the id, or -1 for "contributes nothing".
       IdxT live_id[kIdsPerLane];
-      float weight_of[kIdsPerLane];
+      Acc weight_of[kIdsPerLane];
 #pragma unroll
       for (int m = 0; m < kIdsPerLane; ++m) {
         const int q = m * kLanes + j;
@@ -192,14 +195,14 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
         const int q = m * kLanes + j;
         if (q < left - kBatch) {
           next_id[m] = load_ro(ids + base + kBatch + q);
-          if constexpr (kWeighted) next_weight[m] = load_ro(p.weights + base + kBatch + q);
+          if constexpr (kWeighted) next_weight[m] = load_ro(sample_weights + base + kBatch + q);
         }
       }
 
 #pragma unroll 1
       for (int step = 0; step < kBatch / kRows && step * kRows < left; ++step) {
         IdxT row_id[kRows];
-        float weight[kRows];
+        Acc weight[kRows];
         bool live[kRows];
         Raw raw[kRows][kV];
 #pragma unroll
@@ -214,7 +217,7 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
             weight[u] = weight_of[m];
           } else {
             row_id[u] = shfl_group(mask, live_id[m], src, kLanes);
-            weight[u] = kWeighted ? __shfl_sync(mask, weight_of[m], src, kLanes) : 1.0f;
+            weight[u] = kWeighted ? __shfl_sync(mask, weight_of[m], src, kLanes) : Acc(1.0);
           }
           live[u] = q < left && row_id[u] >= 0;
           const TableT* row =
@@ -232,8 +235,8 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
           ++count;
 #pragma unroll
           for (int v = 0; v < kV; ++v) {
-            float x[kElems];
-            Vec::to_float(raw[u][v], x);
+            Acc x[kElems];
+            Vec::widen(raw[u][v], x);
 #pragma unroll
             for (int e = 0; e < kElems; ++e) {
               if constexpr (kIsMax) {
@@ -244,9 +247,9 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
                 arg[v][e] = take ? row_id[u] : arg[v][e];
               } else if constexpr (kWeighted) {
                 // Multiply, then add: two roundings, as the CPU reference.
-                acc[v][e] = __fadd_rn(acc[v][e], __fmul_rn(weight[u], x[e]));
+                acc[v][e] = add_rn(acc[v][e], mul_rn(weight[u], x[e]));
               } else {
-                acc[v][e] = __fadd_rn(acc[v][e], x[e]);
+                acc[v][e] = add_rn(acc[v][e], x[e]);
               }
             }
           }
@@ -264,9 +267,9 @@ __global__ void __launch_bounds__(kForwardBlockThreads, kForwardMinBlocksPerSm)
 #pragma unroll
       for (int e = 0; e < kElems; ++e) {
         if (count == 0) {
-          acc[v][e] = 0.0f;
+          acc[v][e] = Acc(0.0);
         } else if (kKind == PoolKind::kSum && mean) {
-          acc[v][e] = __fdiv_rn(acc[v][e], static_cast<float>(count));
+          acc[v][e] = div_rn(acc[v][e], static_cast<Acc>(count));
         }
       }
       store_outputs<kElems>(p.output, p.out_dtype, out_elem + int64_t{vec} * kElems, acc[v],

@@ -60,6 +60,10 @@ constexpr int kIndexBlockThreads = 256;
 // Vectors per lane at most: 16 fp32 sums per lane, the forward's register
 // budget for sums (kMaxSumAccumulators).
 constexpr int kMaxVecPerLane = 4;
+// The same for float64 tables: 4 fp64 sums (8 registers) per lane. With 16
+// or 8 (CUDA 13, sm_80 / sm_90) the non-MAX reduce kernel spilled under the
+// 128-register bound; fp64 rows take more lanes or column blocks instead.
+constexpr int kMaxVecPerLaneF64 = 1;
 
 // Resident blocks per SM the lane-group kernels' registers must allow: at
 // most 65536 / (4 x 128) = 128 registers per thread (as the forward's

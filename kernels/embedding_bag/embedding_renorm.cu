@@ -16,6 +16,7 @@
 #include <cub/device/device_radix_sort.cuh>
 #include <type_traits>
 
+#include "kernels/common/accumulate.h"
 #include "kernels/common/kernel_launch.cuh"
 #include "kernels/common/static_switch.cuh"
 #include "kernels/embedding_bag/embedding_bag_backward_workspace.h"
@@ -29,18 +30,19 @@ constexpr size_t kAlign = 256;
 constexpr size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 constexpr int64_t kMaxRenormGrid = 65535;
 
+// Table element <-> its accumulation type (double for double tables).
 template <typename T>
-__device__ __forceinline__ float to_float(T v) {
+__device__ __forceinline__ accumulator_t<T> to_acc(T v) {
   if constexpr (std::is_same_v<T, __half>) return __half2float(v);
   if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  if constexpr (std::is_same_v<T, float>) return v;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return v;
 }
 
 template <typename T>
-__device__ __forceinline__ T from_float(float v) {
+__device__ __forceinline__ T from_acc(accumulator_t<T> v) {
   if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
   if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  if constexpr (std::is_same_v<T, float>) return v;
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return v;
 }
 
 template <typename IdxT, typename TableT>
@@ -52,21 +54,24 @@ __global__ void __launch_bounds__(kRenormBlockThreads)
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (kRenormBlockThreads / 32);
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * kRenormBlockThreads + threadIdx.x) / 32;
   const int64_t dim = p.table.dim;
+  using Acc = accumulator_t<TableT>;
+  const auto norm_type = static_cast<Acc>(p.norm_type);
+  const auto max_norm = static_cast<Acc>(p.max_norm);
   for (int64_t i = first; i < p.nnz; i += warps) {
     // Warp-uniform: every lane reads the same ids.
     const auto id = static_cast<int64_t>(sorted[i]);
     if (id < 0 || id >= p.table.rows) continue;
     if (i > 0 && static_cast<int64_t>(sorted[i - 1]) == id) continue;
     TableT* row = static_cast<TableT*>(const_cast<void*>(p.table.data)) + id * p.table.row_stride;
-    float sum = 0.0f;
+    Acc sum = 0;
     for (int64_t c = lane; c < dim; c += 32) {
-      sum = opt_add(sum, renorm_term(to_float(row[c]), p.norm_type));
+      sum = opt_add(sum, renorm_term(to_acc(row[c]), norm_type));
     }
     for (int d = 16; d >= 1; d /= 2) sum = opt_add(sum, __shfl_xor_sync(0xffffffffu, sum, d));
-    const float scale = renorm_scale(renorm_norm(sum, p.norm_type), p.max_norm);
-    if (scale == 1.0f) continue;
+    const Acc scale = renorm_scale(renorm_norm(sum, norm_type), max_norm);
+    if (scale == Acc(1)) continue;
     for (int64_t c = lane; c < dim; c += 32) {
-      row[c] = from_float<TableT>(opt_mul(to_float(row[c]), scale));
+      row[c] = from_acc<TableT>(opt_mul(to_acc(row[c]), scale));
     }
   }
 }
@@ -124,7 +129,7 @@ int embedding_renorm_cuda(const RenormParams& p, void* stream_handle) {
       if (e != cudaSuccess) return static_cast<int>(e);
       const int64_t blocks = (p.nnz + kRenormBlockThreads / 32 - 1) / (kRenormBlockThreads / 32);
       const auto grid = static_cast<unsigned>(std::min(blocks, kMaxRenormGrid));
-      return SPEMBED_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
+      return SPEMBED_TABLE_DTYPE_SWITCH(p.table_dtype, TableT, [&] {
         launch_kernel(renorm_kernel<IdxT, TableT>, grid, kRenormBlockThreads, 0, stream, p,
                       static_cast<const IdxT*>(sorted));
         return launch_status(stream);

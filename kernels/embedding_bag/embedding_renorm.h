@@ -19,8 +19,9 @@ struct RenormParams {
   TableMeta table;  // data is written in place
   const void* indices = nullptr;
   int64_t nnz = 0;
-  float max_norm = 0.0f;
-  float norm_type = 2.0f;
+  // As given; float tables use them rounded to float.
+  double max_norm = 0.0;
+  double norm_type = 2.0;
   spembed_bounds_policy_t bounds_policy = SPEMBED_BOUNDS_ERROR;
   // The same ids as a single-table NONE lookup: what the data checks (CPU
   // and CUDA) and the report see. Its workspace is the CUDA record.
@@ -33,26 +34,38 @@ struct RenormParams {
 constexpr int kRenormLanes = 32;
 // Added to the norm before dividing, as torch does.
 constexpr float kRenormEpsilon = 1e-7f;
+constexpr double kRenormEpsilon64 = 1e-7;
+
+// The arithmetic below is in T, the accumulation type of the table: float, or
+// double for float64 tables.
+SPEMBED_HOST_DEVICE inline float renorm_pow(float a, float b) { return powf(a, b); }
+SPEMBED_HOST_DEVICE inline double renorm_pow(double a, double b) { return pow(a, b); }
+SPEMBED_HOST_DEVICE inline float renorm_abs(float a) { return fabsf(a); }
+SPEMBED_HOST_DEVICE inline double renorm_abs(double a) { return fabs(a); }
 
 // One column's term of the norm sum.
-SPEMBED_HOST_DEVICE inline float renorm_term(float x, float norm_type) {
-  const float a = fabsf(x);
-  if (norm_type == 1.0f) return a;
-  if (norm_type == 2.0f) return opt_mul(x, x);
-  return powf(a, norm_type);
+template <typename T>
+SPEMBED_HOST_DEVICE inline T renorm_term(T x, T norm_type) {
+  const T a = renorm_abs(x);
+  if (norm_type == T(1)) return a;
+  if (norm_type == T(2)) return opt_mul(x, x);
+  return renorm_pow(a, norm_type);
 }
 
 // The norm from the sum of the terms.
-SPEMBED_HOST_DEVICE inline float renorm_norm(float sum, float norm_type) {
-  if (norm_type == 1.0f) return sum;
-  if (norm_type == 2.0f) return opt_sqrt(sum);
-  return powf(sum, opt_div(1.0f, norm_type));
+template <typename T>
+SPEMBED_HOST_DEVICE inline T renorm_norm(T sum, T norm_type) {
+  if (norm_type == T(1)) return sum;
+  if (norm_type == T(2)) return opt_sqrt(sum);
+  return renorm_pow(sum, opt_div(T(1), norm_type));
 }
 
 // The factor a row is multiplied by: 1 (untouched) when its norm is within
 // max_norm.
-SPEMBED_HOST_DEVICE inline float renorm_scale(float norm, float max_norm) {
-  return norm > max_norm ? opt_div(max_norm, opt_add(norm, kRenormEpsilon)) : 1.0f;
+template <typename T>
+SPEMBED_HOST_DEVICE inline T renorm_scale(T norm, T max_norm) {
+  const T epsilon = sizeof(T) == 8 ? T(kRenormEpsilon64) : T(kRenormEpsilon);
+  return norm > max_norm ? opt_div(max_norm, opt_add(norm, epsilon)) : T(1);
 }
 
 void embedding_renorm_cpu(const RenormParams& p);

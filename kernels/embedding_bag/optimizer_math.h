@@ -1,14 +1,15 @@
 // Arithmetic of the fused optimizer step of the embedding bag backward (c),
 // shared by the CPU implementation and the CUDA kernels so that both apply the
-// same float32 operations in the same order. Every multiply, add, divide and
-// square root is a separately rounded IEEE operation (the CUDA side uses the
-// _rn intrinsics, which no compiler flag contracts or approximates; the CPU
-// side is compiled with -ffp-contract=off). What may still differ between
-// the two is only the order of reductions done outside this file (the row sum
-// of g'^2 of row-wise Adagrad), so optimizer results are compared with a
-// tolerance, not bitwise.
+// same operations in the same order, in the accumulation type (float32, or
+// float64 for float64 tables: every function below exists for both). Every multiply, add, divide
+// and square root is a separately rounded IEEE operation (the CUDA side uses the _rn intrinsics,
+// which no compiler flag contracts or approximates; the CPU side is compiled with
+// -ffp-contract=off). What may still differ between the two is only the order of reductions done
+// outside this file (the row sum of g'^2 of row-wise Adagrad), so optimizer results are compared
+// with a tolerance, not bitwise.
 //
-// g is a row's reduced gradient, w a weight read as float32, g' = g + wd * w.
+// g is a row's reduced gradient, w a weight read in the accumulation type,
+// g' = g + wd * w; the float hyperparameters are widened exactly for float64.
 // Formulas: see spembed_optimizer_t in spembed.h.
 //
 // Stochastic rounding of float32 to float16 / bfloat16: the random bits of an
@@ -34,7 +35,7 @@
 
 namespace spembed::detail {
 
-// ---- separately rounded float32 operations ------------------------------------
+// ---- separately rounded float32 / float64 operations -------------------------
 
 SPEMBED_HOST_DEVICE inline float opt_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -76,6 +77,46 @@ SPEMBED_HOST_DEVICE inline float opt_sqrt(float a) {
 #endif
 }
 
+SPEMBED_HOST_DEVICE inline double opt_mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+SPEMBED_HOST_DEVICE inline double opt_add(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+SPEMBED_HOST_DEVICE inline double opt_sub(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+SPEMBED_HOST_DEVICE inline double opt_div(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+SPEMBED_HOST_DEVICE inline double opt_sqrt(double a) {
+#if defined(__CUDA_ARCH__)
+  return __dsqrt_rn(a);
+#else
+  return std::sqrt(a);
+#endif
+}
+
 SPEMBED_HOST_DEVICE inline uint32_t opt_float_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
@@ -97,52 +138,69 @@ SPEMBED_HOST_DEVICE inline float opt_bits_float(uint32_t u) {
 }
 
 // ---- optimizer element updates --------------------------------------------------
+// T is the accumulation type; hyperparameters (float in the options) are
+// converted to T by the caller's argument, so they are not deduced.
+
+template <typename T>
+struct OptArg {
+  using type = T;
+};
+template <typename T>
+using opt_arg_t = typename OptArg<T>::type;
 
 // g' = g + wd * w (L2 weight decay, as torch.optim's weight_decay).
-SPEMBED_HOST_DEVICE inline float opt_decayed_grad(float g, float w, float weight_decay) {
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_decayed_grad(T g, T w, opt_arg_t<T> weight_decay) {
   return opt_add(g, opt_mul(weight_decay, w));
 }
 
 // SGD: w - lr * g'.
-SPEMBED_HOST_DEVICE inline float opt_sgd(float w, float gp, float lr) {
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_sgd(T w, T gp, opt_arg_t<T> lr) {
   return opt_sub(w, opt_mul(lr, gp));
 }
 
 // Adagrad: s += g'^2; w - lr * (g' / (sqrt(s) + eps)). Updates `s`.
-SPEMBED_HOST_DEVICE inline float opt_adagrad(float w, float gp, float& s, float lr, float eps) {
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_adagrad(T w, T gp, T& s, opt_arg_t<T> lr, opt_arg_t<T> eps) {
   s = opt_add(s, opt_mul(gp, gp));
   return opt_sub(w, opt_mul(lr, opt_div(gp, opt_add(opt_sqrt(s), eps))));
 }
 
 // Row-wise Adagrad, step 1: the running sum of g'^2 over a row's columns
-// (the CPU sums sequentially from +0.0f in column order).
-SPEMBED_HOST_DEVICE inline float opt_rowwise_square_accumulate(float acc, float gp) {
+// (the CPU sums sequentially from +0 in column order).
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_rowwise_square_accumulate(T acc, T gp) {
   return opt_add(acc, opt_mul(gp, gp));
 }
 
 // Row-wise Adagrad, step 2: the new state s + (sum of g'^2) / dim.
-SPEMBED_HOST_DEVICE inline float opt_rowwise_state(float s, float sum_squares, int32_t dim) {
-  return opt_add(s, opt_div(sum_squares, static_cast<float>(dim)));
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_rowwise_state(T s, T sum_squares, int32_t dim) {
+  return opt_add(s, opt_div(sum_squares, static_cast<T>(dim)));
 }
 
 // Row-wise Adagrad, step 3, per column with the row's new state:
 // w - lr * (g' / (sqrt(s) + eps)).
-SPEMBED_HOST_DEVICE inline float opt_rowwise_adagrad(float w, float gp, float s, float lr,
-                                                     float eps) {
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_rowwise_adagrad(T w, T gp, T s, opt_arg_t<T> lr,
+                                                 opt_arg_t<T> eps) {
   return opt_sub(w, opt_mul(lr, opt_div(gp, opt_add(opt_sqrt(s), eps))));
 }
 
 // Adam: m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
 // w - (lr / bc1) * (m / (sqrt(v) / sqrt(bc2) + eps)), where bc1 = 1 - b1^step
-// and bc2 = 1 - b2^step are computed by the host in double and rounded to
-// float (EmbeddingBagBackwardParams). Updates `m` and `v`.
-SPEMBED_HOST_DEVICE inline float opt_adam(float w, float gp, float& m, float& v, float lr,
-                                          float beta1, float beta2, float eps,
-                                          float bias_correction1, float bias_correction2) {
-  m = opt_add(opt_mul(beta1, m), opt_mul(opt_sub(1.0f, beta1), gp));
-  v = opt_add(opt_mul(beta2, v), opt_mul(opt_sub(1.0f, beta2), opt_mul(gp, gp)));
-  const float step_size = opt_div(lr, bias_correction1);
-  const float denom = opt_add(opt_div(opt_sqrt(v), opt_sqrt(bias_correction2)), eps);
+// and bc2 = 1 - b2^step are computed by the host in double and converted to T
+// (EmbeddingBagBackwardParams). Updates `m` and `v`.
+template <typename T>
+SPEMBED_HOST_DEVICE inline T opt_adam(T w, T gp, T& m, T& v, opt_arg_t<T> lr, opt_arg_t<T> beta1,
+                                      opt_arg_t<T> beta2, opt_arg_t<T> eps,
+                                      opt_arg_t<T> bias_correction1,
+                                      opt_arg_t<T> bias_correction2) {
+  m = opt_add(opt_mul(beta1, m), opt_mul(opt_sub(T(1), beta1), gp));
+  v = opt_add(opt_mul(beta2, v), opt_mul(opt_sub(T(1), beta2), opt_mul(gp, gp)));
+  const T step_size = opt_div(lr, bias_correction1);
+  const T denom = opt_add(opt_div(opt_sqrt(v), opt_sqrt(bias_correction2)), eps);
   return opt_sub(w, opt_mul(step_size, opt_div(m, denom)));
 }
 

@@ -23,6 +23,17 @@
 namespace spembed_torch {
 namespace {
 
+// What the library computes and keeps for a table of `weight`'s dtype
+// (gradients, per-sample weights, optimizer states): float64 for float64
+// tables, float32 for the others.
+at::ScalarType acc_type(const at::Tensor& weight) {
+  return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace
+
+namespace {
+
 using OptTensor = std::optional<at::Tensor>;
 
 spembed_embedding_bag_options_t make_options(const LookupArgs& a) {
@@ -30,9 +41,9 @@ spembed_embedding_bag_options_t make_options(const LookupArgs& a) {
   spembed_embedding_bag_options_init(&o);
   TORCH_CHECK_VALUE(a.mode >= SPEMBED_POOLING_SUM && a.mode <= SPEMBED_POOLING_NONE,
                     "spembed: mode ", a.mode, " must be 0 (sum), 1 (mean), 2 (max) or 3 (none)");
-  TORCH_CHECK_VALUE(a.bounds_policy == SPEMBED_BOUNDS_ERROR ||
-                        a.bounds_policy == SPEMBED_BOUNDS_SKIP,
-                    "spembed: bounds_policy ", a.bounds_policy, " must be 0 (error) or 1 (skip)");
+  TORCH_CHECK_VALUE(
+      a.bounds_policy == SPEMBED_BOUNDS_ERROR || a.bounds_policy == SPEMBED_BOUNDS_SKIP,
+      "spembed: bounds_policy ", a.bounds_policy, " must be 0 (error) or 1 (skip)");
   o.pooling = static_cast<spembed_pooling_t>(a.mode);
   o.padding_idx = a.padding_idx < 0 ? -1 : a.padding_idx;
   o.bounds_policy = static_cast<spembed_bounds_policy_t>(a.bounds_policy);
@@ -59,8 +70,7 @@ at::Tensor usable_table(const at::Tensor& w) {
   return w.stride(1) == 1 ? w : w.contiguous();
 }
 
-int64_t bag_count(const LookupArgs& a, int64_t nnz, int64_t num_tables,
-                  const at::Tensor& offsets) {
+int64_t bag_count(const LookupArgs& a, int64_t nnz, int64_t num_tables, const at::Tensor& offsets) {
   if (a.mode == SPEMBED_POOLING_NONE) return nnz;
   if (a.fixed_bag_size > 0) return nnz / (a.fixed_bag_size * num_tables);
   TORCH_CHECK_VALUE(offsets.defined(), "spembed: offsets are required unless fixed_bag_size > 0 ",
@@ -176,8 +186,12 @@ struct BackwardInputs {
   spembed_embedding_bag_options_t options;
   BackwardInputs(const at::Tensor& go, const at::Tensor& idx, const OptTensor& offs,
                  const OptTensor& w, const OptTensor& am, const LookupArgs& a)
-      : indices(idx.contiguous()), offsets(compact(offs)), psw(compact(w)), argmax(compact(am)),
-        grad_output(go.contiguous()), options(make_options(a)) {
+      : indices(idx.contiguous()),
+        offsets(compact(offs)),
+        psw(compact(w)),
+        argmax(compact(am)),
+        grad_output(go.contiguous()),
+        options(make_options(a)) {
     if (argmax.defined() && argmax.numel() == 0 && a.mode != SPEMBED_POOLING_MAX) {
       argmax = at::Tensor();  // the forward's placeholder for modes without argmax
     }
@@ -207,8 +221,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag(const at::Tensor& weight_in,
   const c10::Device device = weight.device();
   c10::DeviceGuard guard(device);
   const int64_t bags = bag_count(a, indices.numel(), 1, offsets);
-  at::Tensor output = at::empty({bags, weight.size(1)},
-                                weight.options().dtype(output_dtype.value_or(weight.scalar_type())));
+  at::Tensor output = at::empty(
+      {bags, weight.size(1)}, weight.options().dtype(output_dtype.value_or(weight.scalar_type())));
   at::Tensor argmax = a.mode == SPEMBED_POOLING_MAX
                           ? at::empty({bags, weight.size(1)}, indices.options())
                           : at::empty({0}, indices.options());
@@ -235,8 +249,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag(const at::Tensor& weight_in,
 // allocator through the size query, the call on torch's current stream, and
 // the device's bounds report checked (see sync_checks).
 static void run_backward(const spembed_embedding_bag_backward_args_t& args,
-                         const BackwardInputs& in, const at::Tensor& weight,
-                         const LookupArgs& a, spembed_backward_algorithm_t alg, const char* op) {
+                         const BackwardInputs& in, const at::Tensor& weight, const LookupArgs& a,
+                         spembed_backward_algorithm_t alg, const char* op) {
   const c10::Device device = weight.device();
   spembed_handle_t h = handle_for(device);
   size_t ws_bytes = 0;
@@ -266,25 +280,25 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward(
   in.fill(args);
   View vt(weight);
   args.table = vt.get();
-  at::Tensor grad_table = weight_grad ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat))
-                                      : at::Tensor();
-  at::Tensor grad_psw = psw_grad ? at::empty({in.indices.numel()}, weight.options().dtype(at::kFloat))
-                                 : at::Tensor();
+  at::Tensor grad_table = weight_grad
+                              ? at::zeros(weight.sizes(), weight.options().dtype(acc_type(weight)))
+                              : at::Tensor();
+  at::Tensor grad_psw =
+      psw_grad ? at::empty({in.indices.numel()}, weight.options().dtype(acc_type(weight)))
+               : at::Tensor();
   std::optional<View> vg, vp;
   args.grad_table = view_or_null(vg, grad_table);
   args.grad_per_sample_weights = view_or_null(vp, grad_psw);
   if (weight_grad || psw_grad) {
     run_backward(args, in, weight, a, algorithm(deterministic), "embedding_bag_backward");
   }
-  return {weight_grad ? grad_table.to(weight.scalar_type())
-                      : at::empty({0}, weight.options()),
-          psw_grad ? grad_psw : at::empty({0}, weight.options().dtype(at::kFloat))};
+  return {weight_grad ? grad_table.to(weight.scalar_type()) : at::empty({0}, weight.options()),
+          psw_grad ? grad_psw : at::empty({0}, weight.options().dtype(acc_type(weight)))};
 }
 
 std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_sparse(
     const at::Tensor& grad_output, const at::Tensor& weight_in, const at::Tensor& indices,
-    const OptTensor& offsets, const OptTensor& psw, const OptTensor& argmax,
-    const LookupArgs& a) {
+    const OptTensor& offsets, const OptTensor& psw, const OptTensor& argmax, const LookupArgs& a) {
   const at::Tensor weight = usable_table(weight_in);
   const c10::Device device = weight.device();
   c10::DeviceGuard guard(device);
@@ -295,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_backward_sparse(
   args.table = vt.get();
   const int64_t capacity = in.indices.numel();
   at::Tensor ids = at::empty({capacity}, in.indices.options());
-  at::Tensor rows = at::empty({capacity, weight.size(1)}, weight.options().dtype(at::kFloat));
+  at::Tensor rows = at::empty({capacity, weight.size(1)}, weight.options().dtype(acc_type(weight)));
   at::Tensor count = at::zeros({1}, weight.options().dtype(at::kLong));
   View vid(ids), vrows(rows), vcount(count);
   args.unique_ids = vid.get();
@@ -351,9 +365,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_bag_batched(
   spembed_table_batch_t batch = batch_cache().get(h, weights);
   at::Tensor output = at::empty(
       {b, total_dim}, weights[0].options().dtype(output_dtype.value_or(weights[0].scalar_type())));
-  at::Tensor argmax = a.mode == SPEMBED_POOLING_MAX
-                          ? at::empty({b, total_dim}, indices.options())
-                          : at::empty({0}, indices.options());
+  at::Tensor argmax = a.mode == SPEMBED_POOLING_MAX ? at::empty({b, total_dim}, indices.options())
+                                                    : at::empty({0}, indices.options());
   size_t ws_bytes = 0;
   check(spembed_embedding_bag_forward_workspace_size(h, View(weights[0]).dl.device.device_type,
                                                      &ws_bytes),
@@ -410,8 +423,8 @@ namespace {
 
 // Shared by the batched backward and the batched fused step.
 void run_batched_backward(const std::vector<at::Tensor>& weights, BackwardInputs& in,
-                          spembed_embedding_bag_batched_backward_args_t& args,
-                          const LookupArgs& a, bool deterministic, const char* op) {
+                          spembed_embedding_bag_batched_backward_args_t& args, const LookupArgs& a,
+                          bool deterministic, const char* op) {
   const c10::Device device = weights[0].device();
   spembed_handle_t h = handle_for(device);
   spembed_table_batch_t batch = batch_cache().get(h, weights);
@@ -424,10 +437,9 @@ void run_batched_backward(const std::vector<at::Tensor>& weights, BackwardInputs
   at::Tensor ws = workspace(device, ws_bytes);
   at::Tensor report = report_if_checked(device, a.bounds_policy);
   std::optional<View> vr;
-  check(spembed_embedding_bag_batched_backward(h, batch, &args, &in.options,
-                                               algorithm(deterministic), view_or_null(vr, report),
-                                               ws.defined() ? ws.data_ptr() : nullptr, ws_bytes,
-                                               stream_for(device)),
+  check(spembed_embedding_bag_batched_backward(
+            h, batch, &args, &in.options, algorithm(deterministic), view_or_null(vr, report),
+            ws.defined() ? ws.data_ptr() : nullptr, ws_bytes, stream_for(device)),
         op);
   check_report(report, op);
 }
@@ -452,13 +464,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> embedding_bag_batched_backward(
   spembed_embedding_bag_batched_backward_args_t args{};
   std::vector<at::Tensor> grads;
   if (weight_grad) {
-    for (const at::Tensor& w : weights) grads.push_back(at::zeros(w.sizes(), w.options().dtype(at::kFloat)));
+    for (const at::Tensor& w : weights)
+      grads.push_back(at::zeros(w.sizes(), w.options().dtype(acc_type(w))));
   }
   std::vector<DLTensor> grad_views = dl_list(grads);
   args.grad_tables = weight_grad ? grad_views.data() : nullptr;
   at::Tensor grad_psw =
-      psw_grad ? at::empty({in.indices.numel()}, weights[0].options().dtype(at::kFloat))
-               : at::empty({0}, weights[0].options().dtype(at::kFloat));
+      psw_grad ? at::empty({in.indices.numel()}, weights[0].options().dtype(acc_type(weights[0])))
+               : at::empty({0}, weights[0].options().dtype(acc_type(weights[0])));
   std::optional<View> vp;
   args.grad_per_sample_weights = psw_grad ? view_or_null(vp, grad_psw) : nullptr;
   if (weight_grad || psw_grad) {

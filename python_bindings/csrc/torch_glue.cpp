@@ -14,15 +14,22 @@ namespace spembed_torch {
 
 DLDataType dl_dtype(at::ScalarType type, const char* name) {
   switch (type) {
-    case at::kFloat: return {kDLFloat, 32, 1};
-    case at::kHalf: return {kDLFloat, 16, 1};
-    case at::kBFloat16: return {kDLBfloat, 16, 1};
-    case at::kInt: return {kDLInt, 32, 1};
-    case at::kLong: return {kDLInt, 64, 1};
+    case at::kFloat:
+      return {kDLFloat, 32, 1};
+    case at::kDouble:
+      return {kDLFloat, 64, 1};
+    case at::kHalf:
+      return {kDLFloat, 16, 1};
+    case at::kBFloat16:
+      return {kDLBfloat, 16, 1};
+    case at::kInt:
+      return {kDLInt, 32, 1};
+    case at::kLong:
+      return {kDLInt, 64, 1};
     default:
-      C10_THROW_ERROR(ValueError, std::string("spembed: ") + name + ": dtype " +
-                                      c10::toString(type) +
-                                      " is not supported (float32, float16, bfloat16, int32, int64)");
+      C10_THROW_ERROR(ValueError,
+                      std::string("spembed: ") + name + ": dtype " + c10::toString(type) +
+                          " is not supported (float32, float16, bfloat16, float64, int32, int64)");
   }
 }
 
@@ -88,14 +95,18 @@ at::Tensor workspace(const c10::Device& device, size_t bytes) {
 
 void check(spembed_status_t status, const char* op) {
   if (status == SPEMBED_STATUS_SUCCESS) return;
-  const std::string message = std::string("spembed.") + op + ": " +
-                              spembed_status_string(status) + ": " + spembed_last_error();
+  const std::string message = std::string("spembed.") + op + ": " + spembed_status_string(status) +
+                              ": " + spembed_last_error();
   switch (status) {
     case SPEMBED_STATUS_INVALID_ARGUMENT:
-    case SPEMBED_STATUS_WORKSPACE_TOO_SMALL: C10_THROW_ERROR(ValueError, message);
-    case SPEMBED_STATUS_INDEX_OUT_OF_RANGE: C10_THROW_ERROR(IndexError, message);
-    case SPEMBED_STATUS_NOT_SUPPORTED: C10_THROW_ERROR(NotImplementedError, message);
-    default: C10_THROW_ERROR(Error, message);
+    case SPEMBED_STATUS_WORKSPACE_TOO_SMALL:
+      C10_THROW_ERROR(ValueError, message);
+    case SPEMBED_STATUS_INDEX_OUT_OF_RANGE:
+      C10_THROW_ERROR(IndexError, message);
+    case SPEMBED_STATUS_NOT_SUPPORTED:
+      C10_THROW_ERROR(NotImplementedError, message);
+    default:
+      C10_THROW_ERROR(Error, message);
   }
 }
 

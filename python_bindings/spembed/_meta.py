@@ -17,6 +17,11 @@ def _bags(indices, offsets, pooling, fixed_bag_size, num_tables=1):
     return (offsets.shape[0] - 1) // num_tables
 
 
+
+def _acc(dtype):
+    # The core's accumulation dtype (spembed.ops.acc_dtype).
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
 @torch.library.register_fake("spembed::embedding_bag")
 def _embedding_bag(weight, indices, offsets, per_sample_weights, pooling, padding_idx,
                    bounds_policy, fixed_bag_size, output_dtype=None, scale_grad_by_freq=0):
@@ -33,7 +38,7 @@ def _embedding_bag_backward(grad_output, weight, indices, offsets, per_sample_we
                             weight_grad, per_sample_weights_grad, scale_grad_by_freq=0):
     gw = weight.new_empty(weight.shape if weight_grad else (0,))
     gp = weight.new_empty((indices.shape[0],) if per_sample_weights_grad else (0,),
-                          dtype=torch.float32)
+                          dtype=_acc(weight.dtype))
     return gw, gp
 
 
@@ -75,7 +80,7 @@ def _embedding_bag_batched_backward(grad_output, weights, indices, offsets, per_
                                     scale_grad_by_freq=0):
     grads = [w.new_empty(w.shape) for w in weights] if weight_grad else []
     gp = weights[0].new_empty((indices.shape[0],) if per_sample_weights_grad else (0,),
-                              dtype=torch.float32)
+                              dtype=_acc(weights[0].dtype))
     return grads, gp
 
 

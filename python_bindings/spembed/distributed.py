@@ -238,6 +238,10 @@ class ShardedEmbeddingBagCollection(torch.nn.Module):
         self.world = dist.get_world_size(self.pg)
         self.rank = dist.get_rank(self.pg)
         dtype = dtype if dtype is not None else torch.get_default_dtype()
+        if dtype == torch.float64:
+            # Partial sums and exchanged rows are float32 here.
+            raise NotSupportedError(f"{_WHO}: float64 tables are not supported by the sharded "
+                                    "collection yet (float32, float16, bfloat16 are)")
         if plan is None:
             plan = propose_plan(specs, self.world, budget_bytes, ids_per_sample, dtype, optimizer)
         self.plan = _check_plan(plan, specs, self.world, _WHO)

@@ -17,8 +17,9 @@ ConstructorArgumentError(InvalidArgumentError, AssertionError)
     range, a _weight of the wrong shape, embeddings that are not 2-D. torch
     raises AssertionError.
 NotSupportedError(NotImplementedError, ValueError)
-    what torch computes and spembed does not (yet): float64 tables.
-    (ValueError: what spembed raised for float64 tables before.)
+    what torch computes and spembed does not (yet); float64 tables, the last
+    such case, are supported now. (ValueError: what spembed raised for them
+    before.)
     scale_grad_by_freq=True is supported, except where torch rejects it too:
     with mode 'max' (InvalidArgumentError; torch raises ValueError) and with
     sparse=True (InvalidArgumentError from the backward; torch raises

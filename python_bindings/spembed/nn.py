@@ -31,9 +31,9 @@ class EmbeddingBag(torch.nn.Module):
     max_norm / norm_type: forward renormalises in place the rows its ids name
     whose norm_type-norm exceeds max_norm, before the lookup, as torch does
     (spembed.ops.embedding_bag; both must be finite and > 0, checked by
-    forward). Not supported (yet): float64 tables (NotSupportedError from
     forward).
-    Tables are float32, float16 or bfloat16; pooling accumulates in float32.
+    Tables are float32, float16, bfloat16 or float64; pooling accumulates in
+    float32, or float64 for float64 tables (whose output is float64).
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: Optional[float] = None,
@@ -144,8 +144,9 @@ def fused_hparams(lr, eps, betas, weight_decay, seed, stochastic_rounding) -> di
 
 
 def optimizer_state_shapes(optimizer: str, shape) -> List[Tuple[int, Tuple[int, ...]]]:
-    """(which, size) of each float32 state the fused optimizer keeps for a
-    table (or shard) of `shape` [rows, dim]; which is 1 or 2."""
+    """(which, size) of each state the fused optimizer keeps for a table (or
+    shard) of `shape` [rows, dim]; which is 1 or 2. States have the
+    accumulation dtype (float64 for float64 tables, else float32)."""
     states = OPTIMIZER_STATES[_ops.OPTIMIZERS[optimizer]]
     return [(which, tuple(shape) if kind == "element" else tuple(shape[:1]))
             for which, kind in enumerate(states, start=1) if kind is not None]
@@ -280,7 +281,7 @@ class EmbeddingBagCollection(torch.nn.Module):
             for t, w in enumerate(self.weights):
                 for which, size in optimizer_state_shapes(optimizer, w.shape):
                     self.register_buffer(f"state{which}_{t}", torch.zeros(
-                        size, device=w.device, dtype=torch.float32))
+                        size, device=w.device, dtype=_ops.acc_dtype(w.dtype)))
             # Makes the output require grad so that the backward (the fused
             # step) runs; it never receives a gradient.
             self._trigger = torch.zeros((), requires_grad=True)
@@ -300,7 +301,8 @@ class EmbeddingBagCollection(torch.nn.Module):
                 offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
         indices, offs = self._table_major(features, offsets)
-        psw = None if per_sample_weights is None else per_sample_weights.to(torch.float32)
+        psw = (None if per_sample_weights is None
+               else per_sample_weights.to(_ops.acc_dtype(self.weights[0].dtype)))
         pad = -1 if self.padding_idx is None else self.padding_idx
         lookup = (self.mode_id, pad, self.bounds_id, 0)
         if self.optimizer is None:

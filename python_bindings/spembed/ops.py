@@ -14,7 +14,14 @@ _MODES = {"sum": Pooling.SUM, "mean": Pooling.MEAN, "max": Pooling.MAX, "none": 
 _BOUNDS = {"error": BoundsPolicy.ERROR, "skip": BoundsPolicy.SKIP}
 OPTIMIZERS = {"sgd": Optimizer.SGD, "adagrad": Optimizer.ADAGRAD,
               "rowwise_adagrad": Optimizer.ROWWISE_ADAGRAD, "adam": Optimizer.ADAM}
-_TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def acc_dtype(table_dtype):
+    """What the core computes in for a table dtype: float64 for float64
+    tables (their per-sample weights, gradients and optimizer states too),
+    float32 for the others."""
+    return torch.float64 if table_dtype == torch.float64 else torch.float32
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
@@ -117,13 +124,9 @@ def _check_embedding_bag(input, weight, offsets, max_norm, scale_grad_by_freq, m
         raise _bad(f"input must be int32 or int64, got {input.dtype}")
     if offsets is not None and offsets.dtype not in _INDEX_DTYPES:
         raise _bad(f"offsets must be int32 or int64, got {offsets.dtype}")
-    if weight.dtype == torch.float64:
-        raise NotSupportedError(
-            "spembed.embedding_bag: float64 tables are not supported yet (core kernels "
-            "pending); tables are float32, float16 or bfloat16")
     if weight.dtype not in _TABLE_DTYPES:
-        raise _bad(f"weight must be float32, float16 or bfloat16, got {weight.dtype}")
-    if psw is not None and psw.dtype not in (weight.dtype, torch.float32):
+        raise _bad(f"weight must be float32, float16, bfloat16 or float64, got {weight.dtype}")
+    if psw is not None and psw.dtype not in (weight.dtype, acc_dtype(weight.dtype)):
         raise _bad(f"per_sample_weights must have the same type as weight ({weight.dtype}), "
                    f"or be float32; got {psw.dtype}")
     rows = weight.shape[0]
@@ -210,9 +213,10 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
       bounds_policy    'error' (default) or 'skip' (out-of-range ids are
                        ignored and not counted by 'mean').
 
-    Exceptions derive from what torch raises (spembed.errors). float64
-    tables raise NotSupportedError. per_sample_weights have weight's dtype
-    (as in torch) or float32; they are used in float32.
+    Exceptions derive from what torch raises (spembed.errors).
+    per_sample_weights have weight's dtype (as in torch) or float32; they are
+    used in acc_dtype(weight.dtype): float32, or float64 for float64 tables
+    (which accumulate in float64 and need a float64 output_dtype if given).
     max_norm: before the lookup, every distinct row named by an id of input
     (padding rows included) whose norm_type-norm exceeds max_norm is scaled
     in place, under no_grad, by max_norm / (norm + 1e-7), as torch does
@@ -267,7 +271,7 @@ def embedding_bag(input: torch.Tensor, weight: torch.Tensor,
     if max_norm is not None:
         _renorm(weight, indices, max_norm, norm_type, bounds, input, rows, pad)
     if psw is not None:
-        psw = psw.to(torch.float32)
+        psw = psw.to(acc_dtype(weight.dtype))
     lookup = (int(_MODES[mode]), pad, bounds, fixed)
     scale = 1 if scale_grad_by_freq else 0
     use_sparse = sparse and torch.is_grad_enabled() and weight.requires_grad
@@ -354,7 +358,7 @@ def embedding_bag_batched(weights: Sequence[torch.Tensor], indices: torch.Tensor
     of ids of that row (in its table) in the call, as in embedding_bag."""
     check_scale_grad_by_freq(mode, scale_grad_by_freq, "spembed.embedding_bag_batched")
     if per_sample_weights is not None:
-        per_sample_weights = per_sample_weights.to(torch.float32)
+        per_sample_weights = per_sample_weights.to(acc_dtype(weights[0].dtype))
     out, _ = call_op(
         torch.ops.spembed.embedding_bag_batched,
         list(weights), indices, offsets, per_sample_weights, mode_code(mode),

@@ -1,17 +1,19 @@
 """torch.autograd.gradcheck on every differentiable op and
 torch.library.opcheck on every op.
 
-gradcheck runs in float32 (the library's tables are float32 / float16 /
-bfloat16; there is no float64 kernel to check). The step and tolerance
-follow from the numerics:
+gradcheck runs the embedding bag ops in float64 (float64 tables accumulate
+in float64, as gradcheck expects) and in float32 (the accumulation of the
+float32 / float16 / bfloat16 tables); attention has no float64 kernel and
+runs in float32. The step and tolerance follow from the numerics:
   * embedding bag: the output is linear in each table entry and in each
     per-sample weight, so a central difference is exact up to rounding. A
     forward value is a float32 sum of at most L = 4 products of magnitude
     <= 1, off by at most (L + 2) u32 * L; the difference quotient therefore
     errs by at most (L + 2) * L * u32 / eps = 6 * 4 * 6e-8 / 1e-2 = 1.4e-4.
-    atol = rtol = 1e-3 leaves a 7x margin. Max pooling is piecewise linear;
-    the table's values are 1/8 apart (> 2 eps), so no perturbation changes
-    an argmax.
+    atol = rtol = 1e-3 leaves a 7x margin. In float64 with eps = 1e-6 the
+    bound is 6 * 4 * 1.1e-16 / 1e-6 = 2.7e-9: atol = rtol = 1e-7. Max
+    pooling is piecewise linear; the table's values are 1/8 apart (> 2 eps),
+    so no perturbation changes an argmax.
   * attention: the CPU path computes in float64 and rounds O to float32
     (error u32 |O| <= 6e-8); with eps = 1e-3 the quotient's rounding error
     is <= 6e-5 and its truncation error eps^2 / 6 * |f'''| ~ 1e-6 for
@@ -27,7 +29,9 @@ from conftest import DEVICES
 from helpers import distinct_table
 
 ops = torch.ops.spembed
-EB_EPS, EB_TOL = 1e-2, 1e-3
+# (eps, tolerance) of the embedding bag gradchecks per dtype.
+EB_STEP = {torch.float32: (1e-2, 1e-3), torch.float64: (1e-6, 1e-7)}
+EB_DTYPES = [torch.float64, torch.float32]
 ATT_EPS, ATT_TOL = 1e-3, 1e-3
 
 
@@ -44,33 +48,37 @@ def _small_lookup(device, index_dtype=torch.int64):
     return ids, offsets
 
 
+@pytest.mark.parametrize("dtype", EB_DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", [0, 1, 2, 3], ids=["sum", "mean", "max", "none"])
-def test_gradcheck_embedding_bag(mode, device):
+def test_gradcheck_embedding_bag(mode, device, dtype):
     ids, offsets = _small_lookup(device)
-    weight = distinct_table(8, 3, torch.float32, device).requires_grad_()
-    psw = (torch.rand(ids.numel(), device=device) + 0.5).requires_grad_() if mode in (0, 3) else None
+    weight = distinct_table(8, 3, dtype, device).requires_grad_()
+    psw = ((torch.rand(ids.numel(), device=device, dtype=dtype) + 0.5).requires_grad_()
+           if mode in (0, 3) else None)
     offs = None if mode == 3 else offsets
 
     def fn(w, p=None):
         return ops.embedding_bag(w, ids, offs, p, mode, 1, 0, 0)[0]
 
-    _gradcheck(fn, (weight,) if psw is None else (weight, psw), EB_EPS, EB_TOL)
+    _gradcheck(fn, (weight,) if psw is None else (weight, psw), *EB_STEP[dtype])
 
 
+@pytest.mark.parametrize("dtype", EB_DTYPES, ids=str)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", [0, 1, 2], ids=["sum", "mean", "max"])
-def test_gradcheck_embedding_bag_batched(mode, device):
+def test_gradcheck_embedding_bag_batched(mode, device, dtype):
     ids = torch.tensor([0, 3, 3, 5, 1, 2, 1, 0, 0], device=device)
     offsets = torch.tensor([0, 2, 4, 5, 9], device=device)  # 2 tables x 2 bags + 1
-    w0 = distinct_table(8, 3, torch.float32, device).requires_grad_()
-    w1 = distinct_table(4, 2, torch.float32, device).requires_grad_()
-    psw = (torch.rand(ids.numel(), device=device) + 0.5).requires_grad_() if mode == 0 else None
+    w0 = distinct_table(8, 3, dtype, device).requires_grad_()
+    w1 = distinct_table(4, 2, dtype, device).requires_grad_()
+    psw = ((torch.rand(ids.numel(), device=device, dtype=dtype) + 0.5).requires_grad_()
+           if mode == 0 else None)
 
     def fn(a, b, p=None):
         return ops.embedding_bag_batched([a, b], ids, offsets, p, mode, -1, 0, 0)[0]
 
-    _gradcheck(fn, (w0, w1) if psw is None else (w0, w1, psw), EB_EPS, EB_TOL)
+    _gradcheck(fn, (w0, w1) if psw is None else (w0, w1, psw), *EB_STEP[dtype])
 
 
 def _attention_inputs(device, heads=2, kv_heads=1, head_dim=5, lens_q=(3, 0, 4),

@@ -40,10 +40,11 @@ max_norm / (norm + 1e-7) comes from a float32 norm over the row's D entries
 
 and the exact result stays torch in float64 (renormalised without rounding).
 
-What spembed does not support yet is marked xfail(strict=True): such a
-case raises spembed.NotSupportedError, and turns into a failure once the core
-kernels exist (docs/python.md lists them): float64 tables. (max_norm /
-norm_type, pending before, run through the library's renormalisation now;
+What spembed does not support yet would be marked xfail(strict=True) with
+_pending (such a case raises spembed.NotSupportedError); nothing is pending
+now. float64 tables (pending before) accumulate in float64, so their bounds
+use float64's unit roundoff for spembed's own error. (max_norm / norm_type,
+pending before too, run through the library's renormalisation;
 test_max_norm.py checks it in more detail.)
 
 scale_grad_by_freq=True: torch's CPU kernel divides some rows' gradients by
@@ -79,9 +80,7 @@ def _pending(what):
                              reason=f"core kernels pending: {what}")
 
 
-F64 = _pending("float64 tables")
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16,
-                pytest.param(torch.float64, marks=F64)]
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 LOW_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -204,14 +203,16 @@ def compare(name, got, ref, exact, mag, terms, renorm=None):
     if got.numel() == 0:
         return
     u = UNIT_ROUNDOFF[got.dtype]
+    # spembed accumulates float64 tables in float64, the others in float32.
+    u_acc = u if got.dtype == torch.float64 else U32
     exact = exact.detach().double()
     m = max(float(mag.detach().double().abs().max()), float(exact.abs().max()))
     tiny = torch.finfo(got.dtype).smallest_normal * u
-    ours = u * exact.abs() + (terms + 2) * U32 * m + tiny
+    ours = u * exact.abs() + (terms + 2) * u_acc * m + tiny
     theirs = u * exact.abs() + (terms + 2) * max(u, U32) * m + tiny
     if renorm is not None:  # the table renormalised in place in its dtype u_w
         u_w, dim = renorm
-        ours = ours + (u_w + (dim + 2) * U32) * m
+        ours = ours + (u_w + (dim + 2) * u_acc) * m
         theirs = theirs + (u_w + (dim + 2) * U32) * m
     g = got.detach().double()
     err = (g - exact).abs()
@@ -502,7 +503,7 @@ def test_empty_input(sparse, index_dtypes):
         check(case, torch.float32, terms=1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.float64, marks=F64)],
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64],
                          ids=_name)
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=_name)
 @pytest.mark.parametrize("padding_idx", [None, 0], ids=["nopad", "pad0"])
@@ -794,9 +795,9 @@ def _module_inputs():
     }
 
 
-# common_nn runs these in float64 (its default dtype for them): xfail until
-# the core has float64 tables; float32 runs the same cases now.
-@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.float64, marks=F64)],
+# common_nn runs these in float64 (its default dtype for them); float32 runs
+# the same cases too.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64],
                          ids=_name)
 @pytest.mark.parametrize("name", list(_module_inputs()))
 def test_common_nn_module(name, dtype):
@@ -867,8 +868,6 @@ def _opinfo_params():
         for name, wshape, ids, kwargs, diff, marks in _opinfo_samples(mode, with_psw):
             for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
                 m = tuple(mk for mk in marks if mk != "no_psw")
-                if dtype == torch.float64 and not m:
-                    m = (F64,)
                 params.append(pytest.param(
                     mode, with_psw and "no_psw" not in marks, wshape, ids, kwargs, diff, dtype,
                     marks=m, id=f"{mode}-{'psw' if with_psw else 'nopsw'}-{name}-{_name(dtype)}"))
@@ -948,7 +947,7 @@ def test_nested_input():
     pytest.param(dict(max_norm=1.0, norm_type=1.0), id="max_norm_p1"),
     pytest.param(dict(scale_grad_by_freq=True), id="scale_grad_by_freq"),
     pytest.param(dict(scale_grad_by_freq=True, sparse=True), id="scale_grad_by_freq_sparse"),
-    pytest.param(dict(dtype=torch.float64), marks=F64, id="float64"),
+    pytest.param(dict(dtype=torch.float64), id="float64"),
     pytest.param(dict(norm_type=1.0), id="norm_type_without_max_norm"),
 ])
 def test_pending_options(kwargs):

@@ -4,6 +4,7 @@
 // test_forward_gpu.cpp.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -295,11 +296,46 @@ TEST_F(ForwardValidation, NullDataPointers) {
 }
 
 TEST_F(ForwardValidation, TableDtype) {
-  for (DLDataType t : {kF64, kI32, kU8, DLDataType{kDLFloat, 32, 4}}) {
+  for (DLDataType t : {DLDataType{kDLFloat, 64, 2}, kI32, kU8, DLDataType{kDLFloat, 32, 4}}) {
     SCOPED_TRACE(dtype_name(t));
     HostTensor bad(t, {10, 4});
     table = bad.dl();
     expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"table"});
+  }
+}
+
+// A float64 table goes with float64 outputs and per-sample weights only, its
+// data 8-byte aligned; the accepted call writes its output.
+TEST_F(ForwardValidation, Float64TablePairsWithFloat64) {
+  HostTensor t64(kF64, {10, 4});
+  Rng rng(64);
+  fill_random(t64, rng, DataKind::kReal);
+  table = t64.dl();
+  expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"output", "float64"});
+  HostTensor out64(kF64, {3, 4});
+  out64.fill_bytes(kPoisonByte);
+  output = out64.dl();
+  HostTensor w32(kF32, {6});
+  fill_random(w32, rng, DataKind::kInt);
+  weights = w32.dl();
+  expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"per_sample_weights", "float64"});
+  HostTensor w64(kF64, {6});
+  fill_random(w64, rng, DataKind::kInt);
+  weights = w64.dl();
+  HostTensor misaligned(kF64, {10, 4}, {}, 4);
+  table = misaligned.dl();
+  expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"table", "aligned"});
+  table = t64.dl();
+  ASSERT_EQ(call(), SPEMBED_STATUS_SUCCESS) << spembed_last_error();
+  // Bags {0, 1}, {}, {2, 3, 4, 5}: double sums in id order, bit for bit.
+  const int64_t first[3] = {0, 2, 2};
+  const int64_t last[3] = {2, 2, 6};
+  for (int64_t b = 0; b < 3; ++b) {
+    for (int64_t c = 0; c < 4; ++c) {
+      double sum = 0.0;
+      for (int64_t i = first[b]; i < last[b]; ++i) sum += w64.get(i) * t64.get(i, c);
+      EXPECT_EQ(out64.get(b, c), sum) << "bag " << b << " column " << c;
+    }
   }
 }
 
@@ -797,10 +833,10 @@ TEST_F(BatchValidation, CreateRejectsBadTables) {
   }
   {
     std::vector<DLTensor> v = views();
-    HostTensor f64(kF64, {5, 1});
-    v[0] = *f64.dl();
-    v[1] = *f64.dl();
-    v[2] = *f64.dl();
+    HostTensor i32(kI32, {5, 1});
+    v[0] = *i32.dl();
+    v[1] = *i32.dl();
+    v[2] = *i32.dl();
     expect_create_rejected(v, 3, {"tables"});
   }
   {

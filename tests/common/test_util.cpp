@@ -107,6 +107,7 @@ uint16_t float_to_bf16(float f) {
 float bf16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
 double round_to(DLDataType t, double v) {
+  if (same_dtype(t, kF64)) return v;
   const float f = static_cast<float>(v);
   if (same_dtype(t, kF32)) return f;
   if (same_dtype(t, kF16)) return half_to_float(float_to_half(f));
@@ -115,6 +116,7 @@ double round_to(DLDataType t, double v) {
 }
 
 double unit_roundoff(DLDataType t) {
+  if (same_dtype(t, kF64)) return std::ldexp(1.0, -53);
   if (same_dtype(t, kF32)) return std::ldexp(1.0, -24);
   if (same_dtype(t, kF16)) return std::ldexp(1.0, -11);
   if (same_dtype(t, kBF16)) return std::ldexp(1.0, -8);
@@ -122,6 +124,7 @@ double unit_roundoff(DLDataType t) {
 }
 
 double subnormal_half_ulp(DLDataType t) {
+  if (same_dtype(t, kF64)) return std::ldexp(1.0, -1075);
   if (same_dtype(t, kF32)) return std::ldexp(1.0, -150);
   if (same_dtype(t, kF16)) return std::ldexp(1.0, -25);
   if (same_dtype(t, kBF16)) return std::ldexp(1.0, -134);
@@ -492,7 +495,15 @@ Problem make_problem(const ProblemSpec& spec) {
   p.indices = make_index_tensor(spec.index_dtype, p.ids);
   p.has_offsets = spec.fixed_bag_size == 0 && !none;
   if (p.has_offsets) p.offsets_t = make_index_tensor(spec.index_dtype, p.offsets);
-  if (spec.weighted) p.weights_t = make_f32_tensor(p.weights);
+  if (spec.weighted) {
+    // The accumulation dtype: float64 with float64 tables (the same values).
+    p.weights_t = make_f32_tensor(p.weights);
+    if (same_dtype(spec.table_dtype, kF64)) {
+      HostTensor w(kF64, {p.nnz()});
+      for (int64_t k = 0; k < p.nnz(); ++k) w.set(k, p.weights[static_cast<size_t>(k)]);
+      p.weights_t = std::move(w);
+    }
+  }
 
   const int64_t out_rows = none ? p.nnz() : p.bags_per_table;
   std::vector<int64_t> out_strides;
@@ -557,7 +568,10 @@ Expected reference_forward(const Problem& p) {
       const float w = weight(k);
       for (int64_t c = 0; c < e.cols; ++c) {
         // One float32 product: exact to mimic, so NONE is always compared exactly.
-        const float prod = w * static_cast<float>(row[static_cast<size_t>(c)]);
+        // float64 tables: one float64 product.
+        const double prod = same_dtype(s.table_dtype, kF64)
+                                ? w * row[static_cast<size_t>(c)]
+                                : double{w * static_cast<float>(row[static_cast<size_t>(c)])};
         e.value[static_cast<size_t>(k * e.cols + c)] = round_to(out_t, prod);
       }
     }

@@ -100,6 +100,7 @@ BackwardProblem make_backward_problem(const BackwardSpec& spec, spembed_handle_t
   bp.spec = spec;
   BackwardSpec& s = bp.spec;
   if (s.fwd.pooling == SPEMBED_POOLING_MAX) s.fwd.with_argmax = true;
+  if (same_dtype(s.fwd.table_dtype, kF64)) s.fwd.out_dtype = kF64;  // they go together
   bp.fwd = make_problem(s.fwd);
   redraw_ids(bp.fwd, s.ids, s.fwd.seed);
   Problem& p = bp.fwd;
@@ -113,9 +114,13 @@ BackwardProblem make_backward_problem(const BackwardSpec& spec, spembed_handle_t
   }
   Rng rng(s.fwd.seed * 31 + 17);
   const int64_t out_rows = bp.none() ? p.nnz() : p.bags_per_table;
-  bp.grad_output = HostTensor(s.grad_dtype, {out_rows, p.total_dim});
+  // A float64 table's grad_output is float64.
+  bp.grad_output = HostTensor(same_dtype(p.spec.table_dtype, kF64) ? kF64 : s.grad_dtype,
+                              {out_rows, p.total_dim});
   fill_random(bp.grad_output, rng, s.grad_data);
 
+  // Gradients and states: float64 for float64 tables, else float32.
+  const DLDataType acc = same_dtype(p.spec.table_dtype, kF64) ? kF64 : kF32;
   int64_t base = 0;
   for (int64_t t = 0; t < p.num_tables; ++t) {
     const int64_t dim = p.spec.dims[static_cast<size_t>(t)];
@@ -123,14 +128,14 @@ BackwardProblem make_backward_problem(const BackwardSpec& spec, spembed_handle_t
     base += p.spec.rows;
     bp.max_dim = std::max<int32_t>(bp.max_dim, static_cast<int32_t>(dim));
     if (s.dense) {
-      HostTensor g(kF32, {p.spec.rows, dim});
+      HostTensor g(acc, {p.spec.rows, dim});
       fill_random(g, rng, DataKind::kInt);
       bp.grad_tables.push_back(std::move(g));
     }
     if (s.step) {
       const spembed_optimizer_t o = s.optimizer.optimizer;
       if (o == SPEMBED_OPTIMIZER_ADAGRAD || o == SPEMBED_OPTIMIZER_ADAM) {
-        HostTensor s1(kF32, {p.spec.rows, dim});
+        HostTensor s1(acc, {p.spec.rows, dim});
         for (int64_t r = 0; r < p.spec.rows; ++r) {
           for (int64_t c = 0; c < dim; ++c) {
             const double v = rng.value(DataKind::kInt);
@@ -140,12 +145,12 @@ BackwardProblem make_backward_problem(const BackwardSpec& spec, spembed_handle_t
         bp.states1.push_back(std::move(s1));
       }
       if (o == SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD) {
-        HostTensor s1(kF32, {p.spec.rows});
+        HostTensor s1(acc, {p.spec.rows});
         for (int64_t r = 0; r < p.spec.rows; ++r) s1.set(r, std::fabs(rng.value(DataKind::kInt)));
         bp.states1.push_back(std::move(s1));
       }
       if (o == SPEMBED_OPTIMIZER_ADAM) {
-        HostTensor s2(kF32, {p.spec.rows, dim});
+        HostTensor s2(acc, {p.spec.rows, dim});
         for (int64_t r = 0; r < p.spec.rows; ++r) {
           for (int64_t c = 0; c < dim; ++c)
             s2.set(r, c, std::fabs(rng.value(DataKind::kInt)) * 0.1);
@@ -158,10 +163,10 @@ BackwardProblem make_backward_problem(const BackwardSpec& spec, spembed_handle_t
   if (s.sparse) {
     const int64_t capacity = p.nnz() + s.capacity_extra;
     bp.unique_ids = poisoned(s.fwd.batched ? kI64 : s.fwd.index_dtype, {capacity});
-    bp.unique_grads = poisoned(kF32, {capacity, bp.max_dim});
+    bp.unique_grads = poisoned(acc, {capacity, bp.max_dim});
     bp.num_unique = poisoned(kI64, {1});
   }
-  if (s.weight_grads) bp.grad_weights = poisoned(kF32, {p.nnz()});
+  if (s.weight_grads) bp.grad_weights = poisoned(acc, {p.nnz()});
   bp.report = make_report();
   return bp;
 }
@@ -461,9 +466,11 @@ int64_t check_optimizer(const std::string& what, const BackwardProblem& bp,
   const double lr = o.learning_rate, eps = o.eps, wd = o.weight_decay;
   const double b1 = o.beta1, b2 = o.beta2;
   const DLDataType wt = p.spec.table_dtype;
-  const bool sr = o.stochastic_rounding != 0 && !same_dtype(wt, kF32);
-  const double ut = same_dtype(wt, kF32) ? 0.0 : unit_roundoff(wt);
-  const double sub = same_dtype(wt, kF32) ? 0.0 : subnormal_half_ulp(wt);
+  // float32 and float64 weights are stored as computed (no final rounding).
+  const bool wide = same_dtype(wt, kF32) || same_dtype(wt, kF64);
+  const bool sr = o.stochastic_rounding != 0 && !wide;
+  const double ut = wide ? 0.0 : unit_roundoff(wt);
+  const double sub = wide ? 0.0 : subnormal_half_ulp(wt);
   std::set<int64_t> touched(e.touched.begin(), e.touched.end());
   for (int64_t t = 0; t < p.num_tables; ++t) {
     const int64_t dim = p.spec.dims[static_cast<size_t>(t)];

@@ -42,10 +42,13 @@ inline RenormProblem make_renorm_problem(DLDataType dtype, DLDataType index_dtyp
 
 // Unit roundoff of a table dtype, and its smallest (subnormal) spacing.
 inline double unit_roundoff(DLDataType t) {
-  return t.bits == 32 ? 0x1p-24 : t.code == kDLBfloat ? 0x1p-8 : 0x1p-11;
+  return t.bits == 64 ? 0x1p-53 : t.bits == 32 ? 0x1p-24 : t.code == kDLBfloat ? 0x1p-8 : 0x1p-11;
 }
 inline double subnormal_spacing(DLDataType t) {
-  return t.bits == 32 ? 0x1p-149 : t.code == kDLBfloat ? 0x1p-133 : 0x1p-24;
+  return t.bits == 64          ? 0x1p-1074
+         : t.bits == 32        ? 0x1p-149
+         : t.code == kDLBfloat ? 0x1p-133
+                               : 0x1p-24;
 }
 
 // The median of the rows' norm_type-norms: as max_norm, about half the rows

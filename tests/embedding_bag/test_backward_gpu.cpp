@@ -243,7 +243,7 @@ TEST_F(BackwardGpu, DtypesAndPoolingsMatchCpuBitwise) {
   uint64_t seed = 100;
   for (const auto& [pooling, weighted] : modes) {
     for (DLDataType index : {kI32, kI64}) {
-      for (DLDataType dtype : {kF32, kF16, kBF16}) {
+      for (DLDataType dtype : {kF32, kF16, kBF16, kF64}) {
         BackwardSpec s = base_spec(++seed);
         s.fwd.pooling = pooling;
         s.fwd.weighted = weighted;
@@ -316,8 +316,8 @@ TEST_F(BackwardGpu, Optimizers) {
   uint64_t seed = 1500;
   for (spembed_optimizer_t o : {SPEMBED_OPTIMIZER_SGD, SPEMBED_OPTIMIZER_ADAGRAD,
                                 SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD, SPEMBED_OPTIMIZER_ADAM}) {
-    for (DLDataType dtype : {kF32, kF16, kBF16}) {
-      for (int sr = 0; sr < (same_dtype(dtype, kF32) ? 1 : 2); ++sr) {
+    for (DLDataType dtype : {kF32, kF16, kBF16, kF64}) {
+      for (int sr = 0; sr < (same_dtype(dtype, kF32) || same_dtype(dtype, kF64) ? 1 : 2); ++sr) {
         BackwardSpec s;
         s.fwd.seed = ++seed;  // integer-valued data: exact gradients, bounds from the step only
         s.fwd.table_dtype = dtype;
@@ -349,12 +349,11 @@ TEST_F(BackwardGpu, Optimizers) {
 // CPU, both within the reference's bound; ATOMIC runs the sorted reduction
 // and gives the same bits.
 TEST_F(BackwardGpu, ScaleGradByFreqMatchesCpuBitwise) {
-  const std::pair<spembed_pooling_t, bool> modes[] = {{SPEMBED_POOLING_SUM, true},
-                                                      {SPEMBED_POOLING_MEAN, false},
-                                                      {SPEMBED_POOLING_NONE, false}};
+  const std::pair<spembed_pooling_t, bool> modes[] = {
+      {SPEMBED_POOLING_SUM, true}, {SPEMBED_POOLING_MEAN, false}, {SPEMBED_POOLING_NONE, false}};
   uint64_t seed = 1700;
   for (const auto& [pooling, weighted] : modes) {
-    for (DLDataType dtype : {kF32, kF16, kBF16}) {
+    for (DLDataType dtype : {kF32, kF16, kBF16, kF64}) {
       BackwardSpec s = base_spec(++seed);
       s.fwd.pooling = pooling;
       s.fwd.weighted = weighted;

@@ -252,7 +252,7 @@ TEST_P(GpuVsCpu, Matches) {
 }
 
 const std::pair<DLDataType, DLDataType> kDtypePairs[] = {
-    {kF32, kF32}, {kF16, kF16}, {kBF16, kBF16}, {kF16, kF32}, {kBF16, kF32}};
+    {kF32, kF32}, {kF16, kF16}, {kBF16, kBF16}, {kF16, kF32}, {kBF16, kF32}, {kF64, kF64}};
 
 // Full cross of dtypes x index types x modes x dims on the mixed bag lengths,
 // integer-valued data (exact comparisons).
@@ -280,7 +280,8 @@ std::vector<GpuParam> bag_length_params() {
   };
   const Variant variants[] = {{kF32, kF32, kI64, DataKind::kReal},
                               {kF16, kF16, kI32, DataKind::kInt},
-                              {kBF16, kF32, kI64, DataKind::kReal}};
+                              {kBF16, kF32, kI64, DataKind::kReal},
+                              {kF64, kF64, kI32, DataKind::kReal}};
   std::vector<GpuParam> v;
   for (const Variant& var : variants) {
     for (const Mode& m : kModes) {
@@ -317,7 +318,7 @@ ProblemSpec base_spec(DLDataType table, DLDataType out, spembed_pooling_t poolin
 TEST_F(CudaTest, UnalignedRowStrideAndBase) {
   // Row stride dim + 1 and a 2-byte byte_offset: no row starts 16-byte aligned,
   // so a vectorised path must not be taken.
-  for (DLDataType t : {kF16, kBF16, kF32}) {
+  for (DLDataType t : {kF16, kBF16, kF32, kF64}) {
     for (int64_t dim : {16, 64, 128}) {
       for (spembed_pooling_t pooling :
            {SPEMBED_POOLING_SUM, SPEMBED_POOLING_MAX, SPEMBED_POOLING_NONE}) {
@@ -340,8 +341,9 @@ TEST_F(CudaTest, AlignedStrideLargerThanDim) {
     DLDataType t;
     int64_t dim, pad;
   };
-  for (const Case& c : {Case{kF16, 64, 8}, Case{kF32, 64, 4}, Case{kBF16, 128, 24},
-                        Case{kF16, 8, 8}, Case{kF32, 256, 12}}) {
+  for (const Case& c :
+       {Case{kF16, 64, 8}, Case{kF32, 64, 4}, Case{kBF16, 128, 24}, Case{kF16, 8, 8},
+        Case{kF32, 256, 12}, Case{kF64, 32, 2}, Case{kF64, 6, 1}}) {
     for (spembed_pooling_t pooling :
          {SPEMBED_POOLING_SUM, SPEMBED_POOLING_MEAN, SPEMBED_POOLING_MAX}) {
       SCOPED_TRACE(dtype_name(c.t) + " dim " + std::to_string(c.dim) + " " + pooling_name(pooling));
@@ -575,7 +577,7 @@ class CudaRenorm : public CudaTest {
 TEST_F(CudaRenorm, MatchesCpu) {
   uint64_t seed = 900;
   const int64_t nnz = small_shapes() ? 300 : 20000;
-  for (DLDataType dtype : {kF32, kF16, kBF16}) {
+  for (DLDataType dtype : {kF32, kF16, kBF16, kF64}) {
     for (DLDataType index : {kI32, kI64}) {
       for (double norm_type : {1.0, 2.0, 3.0}) {
         for (int64_t dim :
@@ -945,7 +947,7 @@ TEST_F(CudaValidation, WrongOutputShape) {
 
 TEST_F(CudaValidation, WrongTableDtype) {
   DLTensor bad = *dp_->call.table;
-  bad.dtype = kF64;
+  bad.dtype = kI32;
   dp_->call.table = &bad;
   expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"table"});
 }

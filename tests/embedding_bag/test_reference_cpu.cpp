@@ -126,6 +126,14 @@ TEST(TestHelpers, BoundedChecksAreNotLoose) {
 
 // ---- hand-computed values -------------------------------------------------------
 
+// Per-sample weights for a table of dtype `table`: float64 for float64 tables.
+HostTensor sample_weights(DLDataType table, const std::vector<float>& v) {
+  if (!same_dtype(table, kF64)) return make_f32_tensor(v);
+  HostTensor w(kF64, {static_cast<int64_t>(v.size())});
+  for (size_t i = 0; i < v.size(); ++i) w.set(static_cast<int64_t>(i), v[i]);
+  return w;
+}
+
 struct HandParam {
   DLDataType table;
   DLDataType out;
@@ -164,6 +172,8 @@ class HandComputed : public ::testing::TestWithParam<HandParam> {
     return make_index_tensor(GetParam().index, v, byte_offset);
   }
   HostTensor bag_indices() const { return ids({1, 3, 0, 2, 2, 3, 1}); }
+  // Per-sample weights in the table's accumulation dtype.
+  HostTensor psw(const std::vector<float>& v) const { return sample_weights(GetParam().table, v); }
   HostTensor bag_offsets() const { return ids({0, 2, 2, 6, 7}); }
   HostTensor output(int64_t rows, int64_t cols, int64_t row_stride = 0,
                     uint64_t byte_offset = 0) const {
@@ -302,7 +312,7 @@ TEST_P(HandComputed, None) {
 
 TEST_P(HandComputed, WeightedSum) {
   HostTensor tab = table(), idx = bag_indices(), offs = bag_offsets(), out = output(4, 3);
-  HostTensor w = make_f32_tensor({0.5f, 2, 1, -1, 0.25f, 4, 3});
+  HostTensor w = psw({0.5f, 2, 1, -1, 0.25f, 4, 3});
   const auto before = out.bytes();
   ASSERT_EQ(forward(tab, idx, &offs, &w, options(SPEMBED_POOLING_SUM), out),
             SPEMBED_STATUS_SUCCESS);
@@ -312,7 +322,7 @@ TEST_P(HandComputed, WeightedSum) {
 
 TEST_P(HandComputed, WeightedNone) {
   HostTensor tab = table(), idx = ids({1, 3, 0}), out = output(3, 3);
-  HostTensor w = make_f32_tensor({0.5f, -2, 0});
+  HostTensor w = psw({0.5f, -2, 0});
   const auto before = out.bytes();
   ASSERT_EQ(forward(tab, idx, nullptr, &w, options(SPEMBED_POOLING_NONE), out),
             SPEMBED_STATUS_SUCCESS);
@@ -587,7 +597,7 @@ TEST_P(HandBatched, MaxWithArgmax) {
 TEST_P(HandBatched, WeightedSumWithOutputRowStride) {
   make_tables();
   HostTensor idx = batch_indices(), offs = batch_offsets(), out = output(2, 6, 9);
-  HostTensor w = make_f32_tensor({2, 1, -1, 0.5f, 1, 0.25f, 4, 1, -2});
+  HostTensor w = sample_weights(GetParam().table, {2, 1, -1, 0.5f, 1, 0.25f, 4, 1, -2});
   const auto before = out.bytes();
   ASSERT_EQ(batched(idx, &offs, &w, options(SPEMBED_POOLING_SUM), out), SPEMBED_STATUS_SUCCESS);
   // A: 2*row1 + row3; -row0.  B: -; 0.5*(-20) + 10 + 0.25*(-20).  C: 4*[0.5,0.5]; [1,1] - 2*[2,-2].
@@ -634,7 +644,7 @@ TEST_P(HandBatched, SkipUsesEachTablesOwnRows) {
 const HandParam kHandParams[] = {
     {kF32, kF32, kI32},   {kF32, kF32, kI64},   {kF16, kF16, kI32}, {kF16, kF16, kI64},
     {kBF16, kBF16, kI32}, {kBF16, kBF16, kI64}, {kF16, kF32, kI64}, {kBF16, kF32, kI32},
-    {kF32, kF16, kI64},   {kF32, kBF16, kI32},
+    {kF32, kF16, kI64},   {kF32, kBF16, kI32},  {kF64, kF64, kI32}, {kF64, kF64, kI64},
 };
 INSTANTIATE_TEST_SUITE_P(Dtypes, HandComputed, ::testing::ValuesIn(kHandParams), hand_name);
 INSTANTIATE_TEST_SUITE_P(Dtypes, HandBatched, ::testing::ValuesIn(kHandParams), hand_name);
@@ -687,6 +697,12 @@ TEST_F(Numerics, AccumulatesInIdOrder) {
   const double big = std::ldexp(1.0, 24);
   EXPECT_EQ(sum_column(kF32, kF32, {big, 1.0, -big}), 0.0);
   EXPECT_EQ(sum_column(kF32, kF32, {big, -big, 1.0}), 1.0);
+  // float64 tables accumulate in float64, in the same order: 2^53 + 1 rounds
+  // to 2^53; 2^24 + 1 is exact.
+  const double big64 = std::ldexp(1.0, 53);
+  EXPECT_EQ(sum_column(kF64, kF64, {big64, 1.0, -big64}), 0.0);
+  EXPECT_EQ(sum_column(kF64, kF64, {big64, -big64, 1.0}), 1.0);
+  EXPECT_EQ(sum_column(kF64, kF64, {big, 1.0, -big}), 1.0);
 }
 
 TEST_F(Numerics, EmptyTensorsWithNullData) {
@@ -795,8 +811,8 @@ TEST_P(RandomVsReference, MatchesWithinBound) {
 
 std::vector<RandomParam> random_params() {
   std::vector<RandomParam> out;
-  const std::pair<DLDataType, DLDataType> dtypes[] = {
-      {kF32, kF32}, {kF16, kF16}, {kBF16, kBF16}, {kF16, kF32}, {kF32, kBF16}};
+  const std::pair<DLDataType, DLDataType> dtypes[] = {{kF32, kF32}, {kF16, kF16},  {kBF16, kBF16},
+                                                      {kF16, kF32}, {kF32, kBF16}, {kF64, kF64}};
   const std::pair<spembed_pooling_t, bool> modes[] = {
       {SPEMBED_POOLING_SUM, false}, {SPEMBED_POOLING_SUM, true},   {SPEMBED_POOLING_MEAN, false},
       {SPEMBED_POOLING_MAX, false}, {SPEMBED_POOLING_NONE, false}, {SPEMBED_POOLING_NONE, true}};

@@ -62,7 +62,7 @@ TEST_F(RenormCpu, HandComputed) {
 
 TEST_F(RenormCpu, MatchesReference) {
   uint64_t seed = 40;
-  for (DLDataType dtype : {kF32, kF16, kBF16}) {
+  for (DLDataType dtype : {kF32, kF16, kBF16, kF64}) {
     for (DLDataType index : {kI32, kI64}) {
       for (double norm_type : {1.0, 2.0, 3.0}) {
         for (int64_t dim : {1, 7, 33, 100}) {

@@ -306,7 +306,10 @@ inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 // Fast-math intrinsics: the hardware's are approximations (ex2.approx,
 // lg2.approx: ~2 ulp); the emulator uses the correctly-rounded-ish libm ones.
 inline float __expf(float x) { return std::exp(x); }

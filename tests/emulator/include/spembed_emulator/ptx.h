@@ -94,6 +94,12 @@ inline uint32_t ld_global_nc_b32(const void* p) {
 inline uint32_t ld_global_nc_no_allocate_b32(const void* p) {
   return emulated::load_aligned<uint32_t>(p, "ld.global.nc.L1::no_allocate.b32");
 }
+inline uint64_t ld_global_nc_b64(const void* p) {
+  return emulated::load_aligned<uint64_t>(p, "ld.global.nc.b64");
+}
+inline uint64_t ld_global_nc_no_allocate_b64(const void* p) {
+  return emulated::load_aligned<uint64_t>(p, "ld.global.nc.L1::no_allocate.b64");
+}
 inline uint16_t ld_global_nc_b16(const void* p) {
   return emulated::load_aligned<uint16_t>(p, "ld.global.nc.b16");
 }

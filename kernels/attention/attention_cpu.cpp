@@ -80,7 +80,7 @@ struct TileKernels {
   void (*dq_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
                   double*);
   void (*dkv_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
-                   double*);
+                   bool, double*);
 };
 
 #define SPEMBED_ATTN_KERNELS(ns)                                                         \
@@ -132,10 +132,15 @@ struct Item {
 };
 
 // Items over the query rows (by_keys false) or the keys of every sequence.
-std::vector<Item> make_items(const AttentionParams& p, bool by_keys) {
+// Sequences whose keys fit one dK / dV item get their dQ from it too (no
+// second pass recomputing P); skip_fused leaves them out of the dQ items.
+bool fused_backward(const CpuSequence& seq) { return seq.lk > 0 && seq.lk <= kChunk; }
+
+std::vector<Item> make_items(const AttentionParams& p, bool by_keys, bool skip_fused = false) {
   std::vector<Item> items;
   for (int64_t b = 0; b < p.batch; ++b) {
     const CpuSequence seq = sequence(p, b);
+    if (skip_fused && fused_backward(seq)) continue;
     const int64_t n = by_keys ? seq.lk : seq.lq;
     for (int64_t begin = 0; begin < n; begin += kChunk) {
       const int64_t end = std::min(n, begin + kChunk);
@@ -204,7 +209,7 @@ void attention_backward_cpu(const AttentionParams& p) {
       }
     }
   });
-  const std::vector<Item> q_items = make_items(p, false);
+  const std::vector<Item> q_items = make_items(p, false, true);
   run_items(
       q_items, [&](const Item& it) { return k.dq_scratch(p.head_dim, it.keys); },
       [&](const Item& it, double* work) {
@@ -214,7 +219,8 @@ void attention_backward_cpu(const AttentionParams& p) {
   run_items(
       k_items, [&](const Item& it) { return k.dkv_scratch(p.head_dim, it.keys); },
       [&](const Item& it, double* work) {
-        k.dkv_item(p, rowsum.data(), sequence(p, it.b), it.kh, it.begin, it.end, work);
+        const CpuSequence seq = sequence(p, it.b);
+        k.dkv_item(p, rowsum.data(), seq, it.kh, it.begin, it.end, fused_backward(seq), work);
       });
 }
 

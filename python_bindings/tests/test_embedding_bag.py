@@ -177,8 +177,13 @@ def test_bad_arguments_raise():
         spembed.ops.embedding_bag(ids, weight, torch.tensor([0]), mode="median")
     with pytest.raises(ValueError, match="int32 or int64"):
         spembed.ops.embedding_bag(ids.float(), weight, torch.tensor([0]))
-    with pytest.raises(ValueError, match="not supported"):
-        spembed.ops.embedding_bag(ids, weight.double(), torch.tensor([0]))
+    with pytest.raises(ValueError, match="weight must be"):
+        spembed.ops.embedding_bag(ids, weight.to(torch.int32), torch.tensor([0]))
+    # float64 tables (unsupported before) accumulate in float64, as torch's.
+    got = spembed.ops.embedding_bag(ids, weight.double(), torch.tensor([0]))
+    want = F.embedding_bag(ids, weight.double(), torch.tensor([0]))
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=2**-50, atol=0.0)
     with pytest.raises(NotImplementedError, match="per_sample_weights"):
         spembed.ops.embedding_bag(ids, weight, torch.tensor([0]), mode="mean",
                                   per_sample_weights=torch.ones(2))

@@ -13,10 +13,10 @@
 
 namespace spembed::detail {
 
-enum class DType : uint8_t { kF32, kF16, kBF16 };
+enum class DType : uint8_t { kF32, kF16, kBF16, kF64 };
 enum class IndexType : uint8_t { kI32, kI64 };
 
-inline int dtype_bytes(DType t) { return t == DType::kF32 ? 4 : 2; }
+inline int dtype_bytes(DType t) { return t == DType::kF64 ? 8 : t == DType::kF32 ? 4 : 2; }
 
 // The "none" value of a check record's first-bad position (an atomicMin
 // target, so the largest value).

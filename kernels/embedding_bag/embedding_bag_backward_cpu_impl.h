@@ -132,6 +132,28 @@ class Backward {
     if (col < t.dim) chunk_tail<kMode>(c, c_end, t, col, key, acc);
   }
 
+  void prefetch_run(int64_t u) const {
+    const BackwardEntry& head =
+        plan_.entries[static_cast<size_t>(plan_.run_begin[static_cast<size_t>(u)])];
+    const int64_t bag = plan_.bag_of(head.position);
+    const BackwardTableMeta& t = p_.tables[table_of_bag(bag)];
+    const int64_t row = head.key - t.row_base;
+    const int64_t floats = static_cast<int64_t>(t.dim) * 4;
+    prefetch_bytes(grad_row(bag, t), static_cast<int64_t>(t.dim) * static_cast<int64_t>(sizeof(G)));
+    if (p_.has_optimizer) {
+      const int64_t element = dtype_bytes(p_.table_dtype);
+      prefetch_bytes(static_cast<const char*>(t.weights) + row * t.weight_stride * element,
+                     static_cast<int64_t>(t.dim) * element);
+      if (t.state1 != nullptr) {
+        prefetch_bytes(t.state1 + row * t.state1_stride, t.state1_stride == 1 ? 4 : floats);
+      }
+      if (t.state2 != nullptr) prefetch_bytes(t.state2 + row * t.state2_stride, floats);
+    }
+    if (t.grad_table != nullptr) prefetch_bytes(t.grad_table + row * t.grad_table_stride, floats);
+  }
+
+  static constexpr int64_t kPrefetchRuns = 4;
+
   template <Mode kMode>
   void reduce_runs(int64_t first_run, int64_t end_run) const {
     std::vector<A> sum(static_cast<size_t>(p_.max_dim));
@@ -143,13 +165,9 @@ class Backward {
       const BackwardEntry& head = plan_.entries[static_cast<size_t>(begin)];
       const BackwardTableMeta& t = p_.tables[table_of_bag(plan_.bag_of(head.position))];
       const int32_t dim = t.dim;
-      // Prefetch the next run's first gradient row.
-      if (u + 1 < end_run) {
-        const int64_t next = plan_.run_begin[static_cast<size_t>(u) + 1];
-        const int64_t bag = plan_.bag_of(plan_.entries[static_cast<size_t>(next)].position);
-        prefetch_bytes(grad_row(bag, p_.tables[table_of_bag(bag)]),
-                       static_cast<int64_t>(dim) * static_cast<int64_t>(sizeof(G)));
-      }
+      // The rows a few runs ahead will update (table, optimizer state,
+      // dense gradient) are far apart in memory: fetch them early.
+      if (u + kPrefetchRuns < end_run) prefetch_run(u + kPrefetchRuns);
       chunk<kMode>(begin, std::min<int64_t>(end, begin + SPEMBED_BACKWARD_CHUNK), t, head.key,
                    sum.data());
       for (int64_t c = begin + SPEMBED_BACKWARD_CHUNK; c < end; c += SPEMBED_BACKWARD_CHUNK) {

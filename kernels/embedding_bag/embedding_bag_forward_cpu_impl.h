@@ -10,7 +10,8 @@
 
 #include "kernels/common/cpu_simd.h"
 
-// Ids ahead of the current one whose rows are prefetched.
+// Ids ahead of the current one whose rows are prefetched (4 to 16 measured
+// the same on 256- and 512-byte rows; none is ~25% slower).
 constexpr int64_t kPrefetchIds = 8;
 
 template <typename Index, typename T>

@@ -12,8 +12,10 @@
 # Usage: scripts/main.sh [spembed_bench flags, e.g. --iters=20 --benchmark_filter=...]
 # Results: $BENCH_OUT (default $BUILD_DIR/bench): spembed_bench.json,
 # torch_embedding_bag.json, torch_embedding_bag_backward.json and
-# torch_attention.json (GPU + PyTorch only), report.md, and torch_ops.jsonl: the `spembed` package's torch
-# ops against torch's own (GPU + the package installed by scripts/test.sh).
+# torch_attention.json (GPU + PyTorch only), report.md (with a CPU section: spembed's CPU path vs
+# torch on CPU tensors, benchmarks/cpu_vs_torch.py, also in cpu_vs_torch.jsonl), and
+# torch_ops.jsonl: the `spembed` package's torch ops against torch's own (GPU + the package
+# installed by scripts/test.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$SPEMBED_ROOT/scripts/setup_deps.sh"
@@ -41,6 +43,15 @@ torch_args=()
 
 python3 "$SPEMBED_ROOT/scripts/bench_report.py" "$out_dir/spembed_bench.json" "${torch_args[@]}" \
   -o "$out_dir/report.md"
+# The CPU section: spembed's CPU path vs torch on CPU tensors, side by side in
+# one run (needs the spembed package; says so and adds nothing without it).
+if python3 -c "import spembed" 2>/dev/null; then
+  python3 "$SPEMBED_ROOT/benchmarks/cpu_vs_torch.py" --json "$out_dir/cpu_vs_torch.jsonl" \
+    --markdown "$out_dir/cpu_vs_torch.md" >/dev/null
+  { echo; cat "$out_dir/cpu_vs_torch.md"; } >>"$out_dir/report.md"
+else
+  echo "cpu_vs_torch: the spembed Python package is not installed (scripts/test.sh installs it); skipped"
+fi
 cat "$out_dir/report.md"
 
 # The Python package's ops against torch's own (needs the package and a GPU).

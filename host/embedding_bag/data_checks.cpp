@@ -28,6 +28,15 @@ void scan(const EmbeddingBagForwardParams& p, DataCheckResult* r) {
   }
   auto check_range = [&](int64_t begin, int64_t end, int64_t table) {
     const int64_t rows = p.tables[table].rows;
+    // A branch-free pass first (it vectorizes); the slow scan below, which
+    // records the first bad id, runs only for a range that has one.
+    bool any_bad = false;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t id = static_cast<int64_t>(ids[i]);
+      any_bad |= static_cast<uint64_t>(id) >= static_cast<uint64_t>(rows) &&
+                 !(p.padding_idx >= 0 && id == p.padding_idx);
+    }
+    if (!any_bad) return;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t id = static_cast<int64_t>(ids[i]);
       if ((p.padding_idx >= 0 && id == p.padding_idx) || (id >= 0 && id < rows)) continue;
@@ -42,10 +51,14 @@ void scan(const EmbeddingBagForwardParams& p, DataCheckResult* r) {
     check_range(0, p.nnz, 0);
     return;
   }
-  for (int64_t b = 0; b < bags; ++b) {
-    const int64_t begin = offsets ? static_cast<int64_t>(offsets[b]) : b * p.fixed_bag_size;
-    const int64_t end = offsets ? static_cast<int64_t>(offsets[b + 1]) : begin + p.fixed_bag_size;
-    check_range(begin, end, b / p.bags_per_table);
+  // The offsets are sound here, so a table's bags cover one contiguous range
+  // of ids (table-major): one range per table.
+  for (int64_t t = 0; t < p.num_tables; ++t) {
+    const int64_t b0 = t * p.bags_per_table;
+    const int64_t b1 = b0 + p.bags_per_table;
+    const int64_t begin = offsets ? static_cast<int64_t>(offsets[b0]) : b0 * p.fixed_bag_size;
+    const int64_t end = offsets ? static_cast<int64_t>(offsets[b1]) : b1 * p.fixed_bag_size;
+    check_range(begin, end, t);
   }
 }
 

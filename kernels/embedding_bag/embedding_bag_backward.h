@@ -12,6 +12,8 @@ namespace spembed::detail {
 // Deterministic: each row's gradient is summed in the order of its ids'
 // positions, which is also the order of the CUDA deterministic path.
 void embedding_bag_backward_cpu(const EmbeddingBagBackwardParams& p);
+// Its float64-table half (embedding_bag_backward_cpu_f64.cpp).
+void embedding_bag_backward_cpu_f64(const EmbeddingBagBackwardParams& p);
 
 // Workspace bytes of the CUDA backward (the device check record, the table
 // array, CUB sort + run-length scratch and the partial sums of hot rows) for

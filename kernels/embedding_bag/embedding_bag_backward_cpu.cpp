@@ -2,327 +2,220 @@
 // tests and the path used without a GPU.
 //
 // 1. Every position whose id contributes (not padding, in range) becomes an
-//    entry (linearized row, position, bag); MEAN counts each bag's entries.
-// 2. The entries are sorted by (row, position): each row's contributions
-//    form one run, in increasing position. For MAX only the first position of
-//    each bag in a run carries the bag's gradient (a row repeated in a bag
-//    gets it once), and since a bag's positions are contiguous, the other
-//    positions of that bag directly follow it in the run and are dropped.
+//    entry (linearized row, position); MEAN counts each bag's entries.
+// 2. The entries are sorted by (row, position) with a stable radix sort on
+//    the row (positions start in order): each row's contributions form one
+//    run, in increasing position. For MAX only the first position of each
+//    bag in a run carries the bag's gradient (a row repeated in a bag gets it
+//    once), and since a bag's positions are contiguous, the other positions
+//    of that bag directly follow it in the run and are dropped.
 // 3. Runs are split over threads (distinct runs write distinct rows). A run
 //    is reduced in the documented order: chunks of SPEMBED_BACKWARD_CHUNK
 //    contributions, each summed sequentially in float32 from +0, then the
 //    chunk sums added in order. The row sum then feeds (a), (b) and (c).
-//    (float64 tables: every sum, gradient and state in float64.)
+//    Columns are independent: they go in vectors
+//    (embedding_bag_backward_cpu_impl.h, compiled per instruction set).
 // (d) is computed per position, before (c) updates any weight.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
-#include "kernels/common/accumulate.h"
+#include "kernels/common/cpu_isa.h"
 #include "kernels/common/cpu_parallel.h"
-#include "kernels/common/host_half.h"
 #include "kernels/embedding_bag/embedding_bag_backward.h"
 #include "kernels/embedding_bag/optimizer_math.h"
 
 namespace spembed::detail {
 namespace {
 
-// As the accumulation type Acc.
-template <typename Acc>
-Acc load(DType type, const void* base, int64_t i) {
-  switch (type) {
-    case DType::kF64:
-      return static_cast<Acc>(static_cast<const double*>(base)[i]);
-    case DType::kF16:
-      return half_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::kBF16:
-      return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
-    case DType::kF32:
-      break;
-  }
-  return static_cast<const float*>(base)[i];
-}
-
-// Stores an updated weight, rounding to nearest even or stochastically.
-void store_weight(DType type, void* base, int64_t i, double v, bool, uint64_t, int64_t, int32_t) {
-  static_cast<double*>(base)[i] = v;  // float64 tables only
-}
-void store_weight(DType type, void* base, int64_t i, float v, bool stochastic, uint64_t seed,
-                  int64_t linear_row, int32_t column) {
-  if (type == DType::kF32) {
-    static_cast<float*>(base)[i] = v;
-    return;
-  }
-  uint16_t bits;
-  if (stochastic) {
-    const uint32_t random = sr_random_bits(seed, linear_row, column);
-    bits = type == DType::kF16 ? sr_float_to_half(v, random) : sr_float_to_bf16(v, random);
-  } else {
-    bits = type == DType::kF16 ? float_to_half(v) : float_to_bf16(v);
-  }
-  static_cast<uint16_t*>(base)[i] = bits;
-}
-
-struct Entry {
+struct BackwardEntry {
   int64_t key;  // linearized row: row_base of the table + id
   int64_t position;
-  int64_t bag;
 };
 
-template <typename Index, typename Acc>
-class BackwardCpu {
+// The sorted entries, their runs and each position's bag: what every
+// instruction set's loops share.
+class BackwardPlan {
  public:
-  explicit BackwardCpu(const EmbeddingBagBackwardParams& p)
-      : p_(p),
-        ids_(static_cast<const Index*>(p.indices)),
-        offsets_(static_cast<const Index*>(p.offsets)),
-        weights_(static_cast<const Acc*>(p.weights)),
-        none_(p.pooling == SPEMBED_POOLING_NONE) {}
-
-  void run() {
-    collect();
-    if (p_.grad_weights != nullptr) {
-      parallel_for(p_.nnz, 4096, [&](int64_t b, int64_t e) { weight_grads(b, e); });
+  template <typename Index>
+  void build(const EmbeddingBagBackwardParams& p) {
+    p_ = &p;
+    none_ = p.pooling == SPEMBED_POOLING_NONE;
+    const auto* ids = static_cast<const Index*>(p.indices);
+    const auto* offsets = static_cast<const Index*>(p.offsets);
+    const int64_t bags = none_ ? p.nnz : p.num_bags();
+    if (!none_ && offsets != nullptr) {
+      bag_.resize(static_cast<size_t>(p.nnz));
+      parallel_for(bags, 1024, [&](int64_t b, int64_t e) {
+        for (int64_t g = b; g < e; ++g) {
+          const auto first = static_cast<int64_t>(offsets[g]);
+          const auto last = static_cast<int64_t>(offsets[g + 1]);
+          for (int64_t i = first; i < last; ++i) bag_[static_cast<size_t>(i)] = g;
+        }
+      });
     }
-    std::sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) {
-      return a.key < b.key || (a.key == b.key && a.position < b.position);
-    });
-    if (p_.pooling == SPEMBED_POOLING_MAX) drop_repeats_within_bags();
-    find_runs();
-    const int64_t runs = static_cast<int64_t>(run_begin_.size()) - 1;
-    parallel_for(runs, 256, [&](int64_t b, int64_t e) { reduce_runs(b, e); });
-    if (p_.num_unique != nullptr) p_.num_unique[0] = runs;
-  }
-
- private:
-  int64_t table_of_bag(int64_t bag) const { return none_ ? 0 : bag / p_.bags_per_table; }
-  int64_t out_row_of_bag(int64_t bag) const { return none_ ? bag : bag % p_.bags_per_table; }
-  const BackwardTableMeta& table(int64_t t) const { return p_.tables[t]; }
-
-  bool contributes(int64_t id, const BackwardTableMeta& t) const {
-    return !(p_.padding_idx >= 0 && id == p_.padding_idx) && id >= 0 && id < t.rows;
-  }
-
-  int64_t bag_begin(int64_t bag) const {
-    return offsets_ ? static_cast<int64_t>(offsets_[bag]) : bag * p_.fixed_bag_size;
-  }
-
-  // Entries of the contributing positions, and each bag of each position.
-  void collect() {
-    const int64_t bags = none_ ? p_.nnz : p_.num_bags();
-    bag_of_.assign(static_cast<size_t>(p_.nnz), 0);
-    count_.assign(static_cast<size_t>(bags), 0);
-    entries_.reserve(static_cast<size_t>(p_.nnz));
+    if (p.pooling == SPEMBED_POOLING_MEAN) count.assign(static_cast<size_t>(bags), 0);
+    std::vector<BackwardEntry> unsorted;
+    unsorted.reserve(static_cast<size_t>(p.nnz));
     for (int64_t g = 0; g < bags; ++g) {
-      const int64_t begin = none_ ? g : bag_begin(g);
-      const int64_t end = none_ ? g + 1 : bag_begin(g + 1);
-      const BackwardTableMeta& t = table(table_of_bag(g));
-      for (int64_t i = begin; i < end; ++i) {
-        bag_of_[static_cast<size_t>(i)] = g;
-        const int64_t id = static_cast<int64_t>(ids_[i]);
+      const int64_t first = none_ ? g : bag_begin(offsets, g);
+      const int64_t last = none_ ? g + 1 : bag_begin(offsets, g + 1);
+      const BackwardTableMeta& t = p.tables[none_ ? 0 : g / p.bags_per_table];
+      for (int64_t i = first; i < last; ++i) {
+        const auto id = static_cast<int64_t>(ids[i]);
         if (!contributes(id, t)) continue;
-        entries_.push_back(Entry{t.row_base + id, i, g});
-        ++count_[static_cast<size_t>(g)];
+        unsorted.push_back(BackwardEntry{t.row_base + id, i});
+      }
+      if (!count.empty()) {
+        count[static_cast<size_t>(g)] = static_cast<int64_t>(unsorted.size());
       }
     }
+    if (!count.empty()) {  // running totals -> per-bag counts
+      for (size_t g = count.size(); g-- > 1;) count[g] -= count[g - 1];
+    }
+    radix_sort(std::move(unsorted), p.total_rows);
+    if (p.pooling == SPEMBED_POOLING_MAX) drop_repeats_within_bags();
+    run_begin.clear();
+    for (size_t k = 0; k < entries.size(); ++k) {
+      if (k == 0 || entries[k].key != entries[k - 1].key) {
+        run_begin.push_back(static_cast<int64_t>(k));
+      }
+    }
+    run_begin.push_back(static_cast<int64_t>(entries.size()));
+  }
+
+  int64_t bag_of(int64_t position) const {
+    if (none_) return position;
+    if (bag_.empty()) return p_->fixed_bag_size > 0 ? position / p_->fixed_bag_size : 0;
+    return bag_[static_cast<size_t>(position)];
+  }
+
+  bool contributes(int64_t id, const BackwardTableMeta& t) const {
+    return !(p_->padding_idx >= 0 && id == p_->padding_idx) && id >= 0 && id < t.rows;
+  }
+
+  std::vector<BackwardEntry> entries;  // sorted by (key, position)
+  std::vector<int64_t> run_begin;      // runs of equal keys, and the end
+  std::vector<int64_t> count;          // MEAN: contributing ids per bag
+
+ private:
+  template <typename Index>
+  int64_t bag_begin(const Index* offsets, int64_t g) const {
+    return offsets ? static_cast<int64_t>(offsets[g]) : g * p_->fixed_bag_size;
+  }
+
+  // Least-significant-digit radix sort on the key, 11 bits a pass, over the
+  // bits keys below key_end can have. Stable, so positions stay in order.
+  void radix_sort(std::vector<BackwardEntry> in, int64_t key_end) {
+    constexpr int kBits = 11;
+    constexpr size_t kBuckets = size_t{1} << kBits;
+    int bits = 0;
+    while (bits < 63 && (int64_t{1} << bits) < key_end) ++bits;
+    entries.resize(in.size());
+    std::vector<size_t> start(kBuckets);
+    for (int shift = 0; shift < bits; shift += kBits) {
+      std::fill(start.begin(), start.end(), 0);
+      for (const BackwardEntry& e : in)
+        ++start[static_cast<size_t>(e.key >> shift) & (kBuckets - 1)];
+      size_t sum = 0;
+      for (size_t& s : start) sum += std::exchange(s, sum);
+      for (const BackwardEntry& e : in) {
+        entries[start[static_cast<size_t>(e.key >> shift) & (kBuckets - 1)]++] = e;
+      }
+      in.swap(entries);
+    }
+    entries.swap(in);
   }
 
   void drop_repeats_within_bags() {
     size_t kept = 0;
-    for (size_t k = 0; k < entries_.size(); ++k) {
-      if (kept > 0 && entries_[kept - 1].key == entries_[k].key &&
-          entries_[kept - 1].bag == entries_[k].bag) {
+    for (size_t k = 0; k < entries.size(); ++k) {
+      if (kept > 0 && entries[kept - 1].key == entries[k].key &&
+          bag_of(entries[kept - 1].position) == bag_of(entries[k].position)) {
         continue;
       }
-      entries_[kept++] = entries_[k];
+      entries[kept++] = entries[k];
     }
-    entries_.resize(kept);
+    entries.resize(kept);
   }
 
-  void find_runs() {
-    run_begin_.clear();
-    for (size_t k = 0; k < entries_.size(); ++k) {
-      if (k == 0 || entries_[k].key != entries_[k - 1].key) {
-        run_begin_.push_back(static_cast<int64_t>(k));
-      }
-    }
-    run_begin_.push_back(static_cast<int64_t>(entries_.size()));
-  }
-
-  Acc grad_out(int64_t out_row, int64_t column) const {
-    return load<Acc>(p_.grad_dtype, p_.grad_output, out_row * p_.grad_row_stride + column);
-  }
-
-  // Adds the contribution of entry `e` to column d to `acc`.
-  Acc accumulate(Acc acc, const Entry& e, const BackwardTableMeta& t, int32_t d) const {
-    const int64_t r = out_row_of_bag(e.bag);
-    const int64_t column = none_ ? d : t.grad_col + d;
-    const Acc go = grad_out(r, column);
-    switch (p_.pooling) {
-      case SPEMBED_POOLING_MEAN:
-        return acc + go / static_cast<Acc>(count_[static_cast<size_t>(e.bag)]);
-      case SPEMBED_POOLING_MAX: {
-        const auto* argmax = static_cast<const Index*>(p_.argmax);
-        const int64_t winner = static_cast<int64_t>(argmax[r * p_.argmax_row_stride + column]);
-        return winner == e.key - t.row_base ? acc + go : acc + Acc(0);
-      }
-      case SPEMBED_POOLING_SUM:
-      case SPEMBED_POOLING_NONE:
-        break;
-    }
-    return weights_ ? acc + weights_[e.position] * go : acc + go;
-  }
-
-  void reduce_runs(int64_t first_run, int64_t end_run) const {
-    std::vector<Acc> sum(static_cast<size_t>(p_.max_dim));
-    std::vector<Acc> chunk(static_cast<size_t>(p_.max_dim));
-    for (int64_t u = first_run; u < end_run; ++u) {
-      const int64_t begin = run_begin_[static_cast<size_t>(u)];
-      const int64_t end = run_begin_[static_cast<size_t>(u) + 1];
-      const Entry& head = entries_[static_cast<size_t>(begin)];
-      const BackwardTableMeta& t = table(table_of_bag(head.bag));
-      const int32_t dim = t.dim;
-      for (int64_t c = begin; c < end; c += SPEMBED_BACKWARD_CHUNK) {
-        const int64_t c_end = std::min<int64_t>(end, c + SPEMBED_BACKWARD_CHUNK);
-        std::fill(chunk.begin(), chunk.begin() + dim, Acc(0));
-        for (int64_t k = c; k < c_end; ++k) {
-          const Entry& e = entries_[static_cast<size_t>(k)];
-          for (int32_t d = 0; d < dim; ++d) chunk[d] = accumulate(chunk[d], e, t, d);
-        }
-        if (c == begin) {
-          std::copy(chunk.begin(), chunk.begin() + dim, sum.begin());
-        } else {
-          for (int32_t d = 0; d < dim; ++d) sum[d] = sum[d] + chunk[d];
-        }
-      }
-      if (p_.scale_grad_by_freq) {
-        const auto frequency = static_cast<Acc>(end - begin);
-        for (int32_t d = 0; d < dim; ++d) sum[d] = sum[d] / frequency;
-      }
-      write_row(u, head.key, t, sum.data());
-    }
-  }
-
-  void write_row(int64_t u, int64_t key, const BackwardTableMeta& t, const Acc* g) const {
-    const int64_t row = key - t.row_base;
-    const int32_t dim = t.dim;
-    if (t.grad_table != nullptr) {
-      Acc* out = static_cast<Acc*>(t.grad_table) + row * t.grad_table_stride;
-      for (int32_t d = 0; d < dim; ++d) out[d] = out[d] + g[d];
-    }
-    if (p_.unique_ids != nullptr) {
-      if (p_.num_tables > 1 || p_.index_type == IndexType::kI64) {
-        static_cast<int64_t*>(p_.unique_ids)[u] = key;
-      } else {
-        static_cast<int32_t*>(p_.unique_ids)[u] = static_cast<int32_t>(key);
-      }
-      Acc* out = static_cast<Acc*>(p_.unique_grads) + u * p_.unique_grads_stride;
-      std::copy(g, g + dim, out);
-      std::fill(out + dim, out + p_.max_dim, Acc(0));
-    }
-    if (p_.has_optimizer) step(key, row, t, g);
-  }
-
-  void step(int64_t key, int64_t row, const BackwardTableMeta& t, const Acc* g) const {
-    const spembed_optimizer_options_t& o = p_.optimizer;
-    const int64_t base = row * t.weight_stride;
-    const bool sr = o.stochastic_rounding != 0;
-    auto weight = [&](int32_t d) { return load<Acc>(p_.table_dtype, t.weights, base + d); };
-    auto store = [&](int32_t d, Acc w) {
-      store_weight(p_.table_dtype, t.weights, base + d, w, sr, o.seed, key, d);
-    };
-    switch (o.optimizer) {
-      case SPEMBED_OPTIMIZER_SGD:
-        for (int32_t d = 0; d < t.dim; ++d) {
-          const Acc w = weight(d);
-          store(d, opt_sgd(w, opt_decayed_grad(g[d], w, o.weight_decay), o.learning_rate));
-        }
-        break;
-      case SPEMBED_OPTIMIZER_ADAGRAD: {
-        Acc* s = static_cast<Acc*>(t.state1) + row * t.state1_stride;
-        for (int32_t d = 0; d < t.dim; ++d) {
-          const Acc w = weight(d);
-          const Acc gp = opt_decayed_grad(g[d], w, o.weight_decay);
-          store(d, opt_adagrad(w, gp, s[d], o.learning_rate, o.eps));
-        }
-        break;
-      }
-      case SPEMBED_OPTIMIZER_ROWWISE_ADAGRAD: {
-        Acc& s = static_cast<Acc*>(t.state1)[row * t.state1_stride];
-        Acc squares = 0;
-        for (int32_t d = 0; d < t.dim; ++d) {
-          squares = opt_rowwise_square_accumulate(
-              squares, opt_decayed_grad(g[d], weight(d), o.weight_decay));
-        }
-        s = opt_rowwise_state(s, squares, t.dim);
-        for (int32_t d = 0; d < t.dim; ++d) {
-          const Acc w = weight(d);
-          const Acc gp = opt_decayed_grad(g[d], w, o.weight_decay);
-          store(d, opt_rowwise_adagrad(w, gp, s, o.learning_rate, o.eps));
-        }
-        break;
-      }
-      case SPEMBED_OPTIMIZER_ADAM: {
-        Acc* m = static_cast<Acc*>(t.state1) + row * t.state1_stride;
-        Acc* v = static_cast<Acc*>(t.state2) + row * t.state2_stride;
-        for (int32_t d = 0; d < t.dim; ++d) {
-          const Acc w = weight(d);
-          const Acc gp = opt_decayed_grad(g[d], w, o.weight_decay);
-          store(d, opt_adam(w, gp, m[d], v[d], o.learning_rate, o.beta1, o.beta2, o.eps,
-                            static_cast<Acc>(p_.adam_bias_correction1),
-                            static_cast<Acc>(p_.adam_bias_correction2)));
-        }
-        break;
-      }
-    }
-  }
-
-  // (d): the dot product of the bag's output gradient with the id's row.
-  void weight_grads(int64_t begin, int64_t end) const {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t g = bag_of_[static_cast<size_t>(i)];
-      const BackwardTableMeta& t = table(table_of_bag(g));
-      const int64_t id = static_cast<int64_t>(ids_[i]);
-      Acc dot = 0;
-      if (contributes(id, t)) {
-        const int64_t r = out_row_of_bag(g);
-        const int64_t col0 = none_ ? 0 : t.grad_col;
-        for (int32_t d = 0; d < t.dim; ++d) {
-          dot = dot + grad_out(r, col0 + d) *
-                          load<Acc>(p_.table_dtype, t.weights, id * t.weight_stride + d);
-        }
-      }
-      static_cast<Acc*>(p_.grad_weights)[i] = dot;
-    }
-  }
-
-  const EmbeddingBagBackwardParams& p_;
-  const Index* ids_;
-  const Index* offsets_;
-  const Acc* weights_;
-  const bool none_;
-  std::vector<int64_t> bag_of_;
-  std::vector<int64_t> count_;
-  std::vector<Entry> entries_;
-  std::vector<int64_t> run_begin_;
+  const EmbeddingBagBackwardParams* p_ = nullptr;
+  bool none_ = false;
+  std::vector<int64_t> bag_;  // with offsets: each position's bag
 };
 
 }  // namespace
 
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")
+#define SPEMBED_CPU_ISA_LEVEL 2
+namespace {
+namespace cpu_avx512 {
+#include "kernels/embedding_bag/embedding_bag_backward_cpu_impl.h"
+}  // namespace cpu_avx512
+}  // namespace
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,f16c")
+#undef SPEMBED_CPU_ISA_LEVEL
+#define SPEMBED_CPU_ISA_LEVEL 1
+namespace {
+namespace cpu_avx2 {
+#include "kernels/embedding_bag/embedding_bag_backward_cpu_impl.h"
+}  // namespace cpu_avx2
+}  // namespace
+#pragma GCC pop_options
+#undef SPEMBED_CPU_ISA_LEVEL
+#endif
+
+#define SPEMBED_CPU_ISA_LEVEL 0
+namespace {
+namespace cpu_base {
+#include "kernels/embedding_bag/embedding_bag_backward_cpu_impl.h"
+}  // namespace cpu_base
+}  // namespace
+#undef SPEMBED_CPU_ISA_LEVEL
+
+namespace {
+
+template <typename Index>
+void backward_cpu(const EmbeddingBagBackwardParams& p) {
+  BackwardPlan plan;
+  plan.build<Index>(p);
+  switch (cpu_isa()) {
+#if defined(__x86_64__)
+    case CpuIsa::kAvx512:
+      cpu_avx512::backward<Index>(p, plan);
+      break;
+    case CpuIsa::kAvx2:
+      cpu_avx2::backward<Index>(p, plan);
+      break;
+#endif
+    default:
+      cpu_base::backward<Index>(p, plan);
+      break;
+  }
+  if (p.num_unique != nullptr) p.num_unique[0] = static_cast<int64_t>(plan.run_begin.size()) - 1;
+}
+
+}  // namespace
+
 void embedding_bag_backward_cpu(const EmbeddingBagBackwardParams& p) {
-  const auto run = [&](auto acc) {
-    using Acc = decltype(acc);
-    if (p.index_type == IndexType::kI32) {
-      BackwardCpu<int32_t, Acc>(p).run();
-    } else {
-      BackwardCpu<int64_t, Acc>(p).run();
-    }
-  };
   if (p.table_dtype == DType::kF64) {
-    run(double{});
+    embedding_bag_backward_cpu_f64(p);  // float64 gradients and states
+    return;
+  }
+  if (p.index_type == IndexType::kI32) {
+    backward_cpu<int32_t>(p);
   } else {
-    run(float{});
+    backward_cpu<int64_t>(p);
   }
 }
 

@@ -1,11 +1,13 @@
 #include "torch_glue.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -58,9 +60,22 @@ std::mutex g_handles_mutex;
 std::array<spembed_handle_t, kMaxDevices> g_cuda_handles{};
 spembed_handle_t g_cpu_handle = nullptr;
 
+// torch.set_num_threads governs spembed's CPU threads too: the count is
+// passed on before each CPU call, and only when it changed (a relaxed load
+// and a compare otherwise).
+void sync_cpu_threads() {
+  static std::atomic<int> last{0};
+  const int threads = at::get_num_threads();
+  if (threads > 0 && last.load(std::memory_order_relaxed) != threads) {
+    last.store(threads, std::memory_order_relaxed);
+    check(spembed_set_num_threads(threads), "spembed_set_num_threads");
+  }
+}
+
 }  // namespace
 
 spembed_handle_t handle_for(const c10::Device& device) {
+  if (!device.is_cuda()) sync_cpu_threads();
   std::lock_guard<std::mutex> lock(g_handles_mutex);
   if (!device.is_cuda()) {
     if (g_cpu_handle == nullptr) check(spembed_create(&g_cpu_handle), "spembed_create");

@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""spembed's CPU path side by side with torch's on CPU tensors, in one run.
+
+  forward            spembed.ops.embedding_bag            vs F.embedding_bag
+  fwd + bwd + step   EmbeddingBagCollection(optimizer=)   vs F.embedding_bag(sparse=True)
+                     (fused SGD / Adagrad)                   + torch.optim.SGD / Adagrad
+  table-batched      EmbeddingBagCollection (T tables)    vs T F.embedding_bag calls + cat
+  varlen attention   spembed.ops.varlen_attention         vs padded F.scaled_dot_product_attention
+                     (forward, forward + backward; causal)
+
+Both sides use torch.get_num_threads() threads (--threads sets it; the op
+layer passes torch's count on to spembed). Times are the best of --reps runs
+after a warm-up, with the same ids every run. GB/s counts the rows gathered
+(ids x dim x element size). ratio = torch ms / spembed ms (> 1: spembed is
+faster). Prints a markdown section (and --json writes one JSON line a case).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def zipf_ids(n, rows, alpha, gen):
+    # Inverse-CDF sampling of a truncated Zipf law over [0, rows).
+    ranks = torch.arange(1, rows + 1, dtype=torch.float64)
+    cdf = torch.cumsum(ranks.pow(-alpha), 0)
+    cdf /= cdf[-1].clone()
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    ids = torch.searchsorted(cdf, u).clamp_(max=rows - 1)
+    perm = torch.randperm(rows, generator=gen)  # hot rows scattered over the table
+    return perm[ids]
+
+
+def make_ids(dist, n, rows, gen):
+    if dist == "uniform":
+        return torch.randint(0, rows, (n,), generator=gen)
+    return zipf_ids(n, rows, float(dist.split("_")[1]), gen)
+
+
+# time.perf_counter (wall), or with --cpu-time time.process_time: the CPU
+# seconds of all threads, which time slicing on a shared machine does not
+# inflate (with one thread, the wall time of an idle machine).
+CLOCK = [time.perf_counter]
+
+
+def best_of(fn, reps):
+    fn()
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = CLOCK[0]()
+        fn()
+        best = min(best, CLOCK[0]() - t0)
+    return best
+
+
+class Report:
+    def __init__(self, json_path):
+        self.rows = []
+        self.json = open(json_path, "w") if json_path else None
+
+    def add(self, case, shape, ours, theirs, gathered_bytes=None, torch_impl="torch"):
+        row = dict(case=case, shape=shape, spembed_ms=round(ours * 1e3, 3),
+                   torch_ms=round(theirs * 1e3, 3), torch_impl=torch_impl,
+                   ratio=round(theirs / ours, 2))
+        if gathered_bytes:
+            row["spembed_GBps"] = round(gathered_bytes / ours / 1e9, 1)
+            row["torch_GBps"] = round(gathered_bytes / theirs / 1e9, 1)
+        self.rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if self.json:
+            print(json.dumps(row), file=self.json, flush=True)
+
+    def markdown(self, header):
+        out = [header, "",
+               "| case | shape | spembed ms | torch ms | spembed GB/s | torch GB/s | ratio |",
+               "|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            out.append(f"| {r['case']} | {r['shape']} | {r['spembed_ms']} | {r['torch_ms']} "
+                       f"({r['torch_impl']}) | {r.get('spembed_GBps', '')} | "
+                       f"{r.get('torch_GBps', '')} | {r['ratio']}x |")
+        return "\n".join(out) + "\n"
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def bench_forward(rep, gen, reps, quick):
+    import spembed
+    # (rows, dim, batch, pooling, dist, dtype)
+    cases = [(1 << 20, 64, 4096, 20, "uniform", "fp32"),
+             (1 << 20, 64, 4096, 20, "zipf_1.05", "fp32"),
+             (1 << 20, 64, 4096, 20, "zipf_1.2", "fp32"),
+             (1 << 20, 64, 4096, 20, "uniform", "fp16"),
+             (1 << 20, 64, 4096, 20, "uniform", "bf16"),
+             (1 << 20, 64, 16384, 20, "uniform", "fp32"),
+             (100_000, 128, 8192, 50, "uniform", "fp32"),
+             (10_000, 16, 65536, 1, "uniform", "fp32")]
+    if quick:
+        cases = cases[:1] + cases[3:5]
+    for rows, dim, batch, pool, dist, dt in cases:
+        weight = torch.randn(rows, dim, generator=gen).to(DTYPES[dt])
+        ids = make_ids(dist, batch * pool, rows, gen)
+        offs = torch.arange(0, batch * pool + 1, pool)
+        ours = best_of(lambda: spembed.ops.embedding_bag(ids, weight, offs, mode="sum",
+                                                         include_last_offset=True), reps)
+        theirs = best_of(lambda: F.embedding_bag(ids, weight, offs, mode="sum",
+                                                 include_last_offset=True), reps)
+        shape = f"rows {rows}, D {dim}, B {batch}, L {pool}, {dist}, {dt}"
+        rep.add("fwd sum", shape, ours, theirs, ids.numel() * dim * weight.element_size())
+
+
+def bench_train_step(rep, gen, reps, quick):
+    import spembed
+    rows, dim, batch, pool = 1 << 20, 64, 4096, 20
+    for dist in ("uniform",) if quick else ("uniform", "zipf_1.2"):
+        ids = make_ids(dist, batch * pool, rows, gen)
+        offs = torch.arange(0, batch * pool + 1, pool)
+        go = torch.randn(batch, dim, generator=gen)
+        for opt_name, torch_opt in (("sgd", torch.optim.SGD), ("adagrad", torch.optim.Adagrad)):
+            fused = spembed.nn.EmbeddingBagCollection([(rows, dim)], optimizer=opt_name, lr=0.01)
+            ours = best_of(lambda: fused([(ids, offs)]).backward(go), reps)
+            w = torch.nn.Parameter(fused.weights[0].detach().clone())
+            opt = torch_opt([w], lr=0.01)
+
+            def torch_step():
+                F.embedding_bag(ids, w, offs, mode="sum", include_last_offset=True,
+                                sparse=True).backward(go)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            theirs = best_of(torch_step, reps)
+            shape = f"rows {rows}, D {dim}, B {batch}, L {pool}, {dist}, fp32"
+            rep.add(f"fwd+bwd+{opt_name}", shape, ours, theirs, 2 * ids.numel() * dim * 4,
+                    torch_impl=f"sparse grad + torch.optim.{torch_opt.__name__}")
+
+
+def bench_batched(rep, gen, reps, quick):
+    import spembed
+    tables = [(100_000, 64)] * 8
+    batch, pool = 4096, 20
+    feats = [(make_ids("uniform", batch * pool, r, gen), torch.arange(0, batch * pool + 1, pool))
+             for r, _ in tables]
+    ebc = spembed.nn.EmbeddingBagCollection(tables)
+    ws = [w.detach() for w in ebc.weights]
+    with torch.no_grad():
+        ours = best_of(lambda: ebc(feats), reps)
+        theirs = best_of(lambda: torch.cat([F.embedding_bag(i, w, o, include_last_offset=True,
+                                                            mode="sum")
+                                            for w, (i, o) in zip(ws, feats)], 1), reps)
+    nbytes = sum(batch * pool * d * 4 for _, d in tables)
+    rep.add("table-batched fwd sum", f"T {len(tables)} x rows 100000, D 64, B {batch}, L {pool}",
+            ours, theirs, nbytes, torch_impl=f"{len(tables)} F.embedding_bag + cat")
+
+
+def bench_attention(rep, gen, reps, quick):
+    import spembed
+    heads, head_dim, batch, max_len = 2, 64, 16, 200
+    # SASRec-like lengths, then one batch where padding is more than half.
+    for label, lens in (("L <= 200", torch.randint(1, max_len + 1, (batch,), generator=gen)),
+                        ("padding > half", torch.randint(1, 60, (batch,), generator=gen))):
+        lens[0] = max_len  # the padded width is the longest sequence
+        cu = torch.zeros(batch + 1, dtype=torch.int32)
+        cu[1:] = lens.cumsum(0)
+        total = int(cu[-1])
+        q, k, v = (torch.randn(total, heads, head_dim, generator=gen).requires_grad_()
+                   for _ in range(3))
+        pq, pk, pv = (torch.randn(batch, heads, max_len, head_dim, generator=gen).requires_grad_()
+                      for _ in range(3))
+        shape = (f"B {batch}, H {heads}, d {head_dim}, causal, {label}, "
+                 f"padding {1 - total / (batch * max_len):.0%}, fp32")
+        with torch.no_grad():
+            ours = best_of(lambda: spembed.ops.varlen_attention(q, k, v, cu, cu, causal=True),
+                           reps)
+            theirs = best_of(lambda: F.scaled_dot_product_attention(pq, pk, pv, is_causal=True),
+                             reps)
+        rep.add("varlen attention fwd", shape, ours, theirs, torch_impl="padded SDPA")
+        go, pgo = torch.randn_like(q), torch.randn_like(pq)
+        ours = best_of(lambda: spembed.ops.varlen_attention(q, k, v, cu, cu,
+                                                            causal=True).backward(go), reps)
+        theirs = best_of(lambda: F.scaled_dot_product_attention(pq, pk, pv,
+                                                                is_causal=True).backward(pgo),
+                         reps)
+        rep.add("varlen attention fwd+bwd", shape, ours, theirs, torch_impl="padded SDPA")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="a few shapes only")
+    p.add_argument("--only", choices=["forward", "train", "batched", "attention"], default=None)
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with process CPU time (shared machines; use with --threads 1)")
+    p.add_argument("--json", default=None, help="also write JSON lines here")
+    p.add_argument("--markdown", default=None, help="write the markdown section here")
+    args = p.parse_args()
+    try:
+        import spembed  # noqa: F401
+    except ImportError:
+        print("cpu_vs_torch: the spembed Python package is not installed; skipped")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        CLOCK[0] = time.process_time
+    gen = torch.Generator().manual_seed(0)
+    rep = Report(args.json)
+    benches = dict(forward=bench_forward, train=bench_train_step, batched=bench_batched,
+                   attention=bench_attention)
+    for name, fn in benches.items():
+        if args.only in (None, name):
+            fn(rep, gen, args.reps, args.quick)
+    header = (f"## CPU: spembed vs torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads, {os.cpu_count()} CPUs, best of {args.reps}, "
+              f"{'CPU' if args.cpu_time else 'wall'} time)")
+    md = rep.markdown(header)
+    print(md)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,3 +68,23 @@ def torch_on_gpu(benchmark):
               "(GPU numbers need a GPU machine)")
         return None
     return torch, F
+
+
+def zipf_ids(n, rows, alpha, gen):
+    """n ids of a truncated Zipf law over [0, rows), by inverse-CDF sampling."""
+    import torch
+    ranks = torch.arange(1, rows + 1, dtype=torch.float64)
+    cdf = torch.cumsum(ranks.pow(-alpha), 0)
+    cdf /= cdf[-1].clone()
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    ids = torch.searchsorted(cdf, u).clamp_(max=rows - 1)
+    perm = torch.randperm(rows, generator=gen)  # hot rows scattered over the table
+    return perm[ids]
+
+
+def make_ids(dist, n, rows, gen):
+    """n ids over [0, rows): dist "uniform" or "zipf_<alpha>"."""
+    import torch
+    if dist == "uniform":
+        return torch.randint(0, rows, (n,), generator=gen)
+    return zipf_ids(n, rows, float(dist.split("_")[1]), gen)

@@ -30,22 +30,7 @@ os.environ.setdefault("SPEMBED_SYNC_CHECKS", "0")
 import torch
 import torch.nn.functional as F
 
-
-def zipf_ids(n, rows, alpha, gen):
-    # Inverse-CDF sampling of a truncated Zipf law over [0, rows).
-    ranks = torch.arange(1, rows + 1, dtype=torch.float64)
-    cdf = torch.cumsum(ranks.pow(-alpha), 0)
-    cdf /= cdf[-1].clone()
-    u = torch.rand(n, generator=gen, dtype=torch.float64)
-    ids = torch.searchsorted(cdf, u).clamp_(max=rows - 1)
-    perm = torch.randperm(rows, generator=gen)  # hot rows scattered over the table
-    return perm[ids]
-
-
-def make_ids(dist, n, rows, gen):
-    if dist == "uniform":
-        return torch.randint(0, rows, (n,), generator=gen)
-    return zipf_ids(n, rows, float(dist.split("_")[1]), gen)
+from torch_bench_util import make_ids
 
 
 class Timer:

@@ -19,39 +19,8 @@
 
 namespace spembed::detail {
 
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")
-#define SPEMBED_CPU_ISA_LEVEL 2
-namespace {
-namespace cpu_avx512 {
-#include "kernels/embedding_bag/embedding_bag_forward_cpu_impl.h"
-static_assert(kVecBytes == 64, "the AVX-512 copy must use 64-byte vectors");
-}  // namespace cpu_avx512
-}  // namespace
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,f16c")
-#undef SPEMBED_CPU_ISA_LEVEL
-#define SPEMBED_CPU_ISA_LEVEL 1
-namespace {
-namespace cpu_avx2 {
-#include "kernels/embedding_bag/embedding_bag_forward_cpu_impl.h"
-static_assert(kVecBytes == 32, "the AVX2 copy must use 32-byte vectors");
-}  // namespace cpu_avx2
-}  // namespace
-#pragma GCC pop_options
-#undef SPEMBED_CPU_ISA_LEVEL
-#endif
-
-#define SPEMBED_CPU_ISA_LEVEL 0
-namespace {
-namespace cpu_base {
-#include "kernels/embedding_bag/embedding_bag_forward_cpu_impl.h"
-}  // namespace cpu_base
-}  // namespace
-#undef SPEMBED_CPU_ISA_LEVEL
+#define SPEMBED_CPU_ISA_IMPL "kernels/embedding_bag/embedding_bag_forward_cpu_impl.h"
+#include "kernels/common/cpu_isa_copies.inc"
 
 void embedding_bag_forward_cpu(const EmbeddingBagForwardParams& p) {
   switch (cpu_isa()) {

@@ -373,12 +373,21 @@ def test_out_of_range_ids(bad, device):
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_float64_table_still_not_supported():
-    w = torch.randn(4, 3, dtype=torch.float64)
-    before = w.clone()
-    with pytest.raises(spembed.NotSupportedError):
-        spembed.ops.embedding_bag(torch.tensor([[1, 2]]), w, max_norm=1.0)
-    assert torch.equal(w, before)
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, 3.0])
+def test_float64_table_matches_torch(norm_type):
+    """float64 tables renormalise in float64 (pow / sqrt in double, as torch's
+    kernel), then pool in float64."""
+    base = torch.randn(12, 5, dtype=torch.float64) * 2.0
+    ids = torch.tensor([1, 3, 3, 9, 0, 1, 11])
+    offsets = torch.tensor([0, 3, 5])
+    max_norm = _max_norm_between(base, norm_type, [0, 1, 3, 9, 11])
+    w, w_ref = base.clone(), base.clone()
+    out = spembed.ops.embedding_bag(ids, w, offsets, max_norm=max_norm, norm_type=norm_type)
+    ref = F.embedding_bag(ids, w_ref, offsets, max_norm=max_norm, norm_type=norm_type)
+    assert out.dtype == torch.float64
+    assert not torch.equal(w, base)  # some rows were over max_norm
+    torch.testing.assert_close(w, w_ref, rtol=1e-13, atol=0)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-15)
 
 
 # ---- the raw op: torch.embedding_renorm_, opcheck, compile, CUDA --------------------------

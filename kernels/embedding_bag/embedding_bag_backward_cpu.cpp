@@ -28,6 +28,7 @@
 #include "kernels/common/cpu_isa.h"
 #include "kernels/common/cpu_parallel.h"
 #include "kernels/embedding_bag/embedding_bag_backward.h"
+#include "kernels/embedding_bag/embedding_bag_backward_cpu_rows.h"
 #include "kernels/embedding_bag/optimizer_math.h"
 
 namespace spembed::detail {

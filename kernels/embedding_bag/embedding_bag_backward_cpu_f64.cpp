@@ -24,6 +24,7 @@
 #include "kernels/common/cpu_parallel.h"
 #include "kernels/common/host_half.h"
 #include "kernels/embedding_bag/embedding_bag_backward.h"
+#include "kernels/embedding_bag/embedding_bag_backward_cpu_rows.h"
 #include "kernels/embedding_bag/optimizer_math.h"
 
 namespace spembed::detail {
@@ -192,23 +193,8 @@ class BackwardCpu {
   }
 
   void write_row(int64_t u, int64_t key, const BackwardTableMeta& t, const Acc* g) const {
-    const int64_t row = key - t.row_base;
-    const int32_t dim = t.dim;
-    if (t.grad_table != nullptr) {
-      Acc* out = static_cast<Acc*>(t.grad_table) + row * t.grad_table_stride;
-      for (int32_t d = 0; d < dim; ++d) out[d] = out[d] + g[d];
-    }
-    if (p_.unique_ids != nullptr) {
-      if (p_.num_tables > 1 || p_.index_type == IndexType::kI64) {
-        static_cast<int64_t*>(p_.unique_ids)[u] = key;
-      } else {
-        static_cast<int32_t*>(p_.unique_ids)[u] = static_cast<int32_t>(key);
-      }
-      Acc* out = static_cast<Acc*>(p_.unique_grads) + u * p_.unique_grads_stride;
-      std::copy(g, g + dim, out);
-      std::fill(out + dim, out + p_.max_dim, Acc(0));
-    }
-    if (p_.has_optimizer) step(key, row, t, g);
+    write_row_gradients(p_, u, key, t, g);
+    if (p_.has_optimizer) step(key, key - t.row_base, t, g);
   }
 
   void step(int64_t key, int64_t row, const BackwardTableMeta& t, const Acc* g) const {

@@ -230,23 +230,8 @@ class RowWriter {
   explicit RowWriter(const EmbeddingBagBackwardParams& p) : p_(p) {}
 
   void write_row(int64_t u, int64_t key, const BackwardTableMeta& t, const float* g) const {
-    const int64_t row = key - t.row_base;
-    const int32_t dim = t.dim;
-    if (t.grad_table != nullptr) {
-      float* out = static_cast<float*>(t.grad_table) + row * t.grad_table_stride;
-      for (int32_t d = 0; d < dim; ++d) out[d] = out[d] + g[d];
-    }
-    if (p_.unique_ids != nullptr) {
-      if (p_.num_tables > 1 || p_.index_type == IndexType::kI64) {
-        static_cast<int64_t*>(p_.unique_ids)[u] = key;
-      } else {
-        static_cast<int32_t*>(p_.unique_ids)[u] = static_cast<int32_t>(key);
-      }
-      float* out = static_cast<float*>(p_.unique_grads) + u * p_.unique_grads_stride;
-      std::copy(g, g + dim, out);
-      std::fill(out + dim, out + p_.max_dim, 0.0f);
-    }
-    if (p_.has_optimizer) step(key, row, t, g);
+    write_row_gradients(p_, u, key, t, g);
+    if (p_.has_optimizer) step(key, key - t.row_base, t, g);
   }
 
   // Stores updated weights w[0, n) of a row's columns [col, col + n)

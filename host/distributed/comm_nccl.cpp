@@ -152,8 +152,8 @@ extern "C" spembed_status_t spembed_comm_create_nccl(spembed_handle_t handle, nc
       return fail(SPEMBED_STATUS_INVALID_ARGUMENT, "nccl: on cuda:%d but the handle serves cuda:%d",
                   device, handle->cuda_device);
     }
-    // The all-gather of a call's record: (world + 1) ranks' worth of 8 + world values.
-    const size_t values = static_cast<size_t>(world + 1) * static_cast<size_t>(8 + world);
+    // The all-gather of a call's record: (world + 1) ranks' worth of 8 + 2 * world values.
+    const size_t values = static_cast<size_t>(world + 1) * static_cast<size_t>(8 + 2 * world);
     void* gather = nullptr;
     int current = -1;
     cudaGetDevice(&current);

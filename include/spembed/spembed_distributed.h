@@ -26,11 +26,14 @@
  *  - The other functions are local (no communication).
  *
  * Devices
- *  - The in-process communicator serves CPU tensors (kDLCPU): N ranks run as
- *    N host threads of one process.
- *  - The NCCL communicator wraps a caller's ncclComm_t. The CUDA data path of
- *    the collection is not implemented in this version: forward / backward on
- *    CUDA tensors return SPEMBED_STATUS_NOT_SUPPORTED naming what is missing.
+ *  - The communicator fixes the device: CPU tensors (kDLCPU) with the
+ *    in-process communicator (N ranks as N host threads of one process); CUDA
+ *    tensors on the handle's device with the NCCL communicator, or with the
+ *    CUDA in-process one (threads sharing one GPU; tests, emulation build).
+ *  - On CUDA every step is queued on the call's stream. The host waits for
+ *    the device twice per forward (the checks and counts before the
+ *    exchanges, the local lookups' statuses before writing the output) and
+ *    once per backward (the counts); docs/distributed.md.
  */
 #ifndef SPEMBED_SPEMBED_DISTRIBUTED_H_
 #define SPEMBED_SPEMBED_DISTRIBUTED_H_
@@ -68,6 +71,13 @@ spembed_status_t spembed_comm_create_nccl(spembed_handle_t handle, ncclComm_t nc
  * and barriers. Each rank's thread uses only its own communicator. Destroy
  * every one of them (the shared state goes with the last). world in [1, 1024]. */
 spembed_status_t spembed_comm_create_in_process(int world, spembed_comm_t* comms);
+/* The same for CUDA tensors: the ranks' threads share the CUDA device of the
+ * handle each passes to spembed_sharded_collection_create, each rank with its
+ * own stream. An exchange waits for the rank's stream (its sends are then
+ * written), meets the others, and copies with cudaMemcpy. Meant for tests and
+ * for the emulation build (which runs the CUDA path on the CPU); across GPUs
+ * use the NCCL communicator. */
+spembed_status_t spembed_comm_create_in_process_cuda(int world, spembed_comm_t* comms);
 
 spembed_status_t spembed_comm_destroy(spembed_comm_t comm);
 spembed_status_t spembed_comm_rank(spembed_comm_t comm, int* rank, int* world);
@@ -132,8 +142,9 @@ spembed_status_t spembed_shard_plan_local_shards(const spembed_table_spec_t* spe
  * rank must pass the same specs, plan, options and capacities).
  *  comm      the rank's communicator (rank and world come from it); borrowed.
  *  shards    num_shards views as spembed_shard_plan_local_shards lists them
- *            ([rows, dim], table_dtype, the communicator's device: CPU for the
- *            in-process one); borrowed, they must outlive the collection. NULL
+ *            ([rows, dim], table_dtype, the communicator's device: CPU for
+ *            spembed_comm_create_in_process, the handle's CUDA device for the
+ *            others); borrowed, they must outlive the collection. NULL
  *            when num_shards is 0.
  *  options   the collection's pooling (SUM, MEAN, or MAX when every table is
  *            TABLE_WISE; ROW_WISE with MAX and NONE are NOT_SUPPORTED),
@@ -150,10 +161,12 @@ spembed_status_t spembed_sharded_collection_create(
 
 spembed_status_t spembed_sharded_collection_destroy(spembed_sharded_collection_t collection);
 
-/* Bytes of host (CPU) workspace forward and backward need at the capacity
- * given to create; 16-byte aligned. The workspace holds the routed ids and
- * the exchanged rows of one call: it grows with world x (max_local_ids +
- * max_local_batch x (num_tables + sum of dims)); docs/distributed.md. */
+/* Bytes of workspace forward and backward need at the capacity given to
+ * create, on the collection's device (host memory for CPU tensors, device
+ * memory for CUDA ones); 16-byte aligned. It holds the routed ids and the
+ * exchanged rows of one call: it grows with world x (max_local_ids +
+ * max_local_batch x (num_tables + sum of dims)); on CUDA it also holds the
+ * local lookups' and backward's own workspace; docs/distributed.md. */
 spembed_status_t spembed_sharded_collection_workspace_size(spembed_sharded_collection_t collection,
                                                            size_t* bytes);
 
@@ -162,8 +175,9 @@ spembed_status_t spembed_sharded_collection_workspace_size(spembed_sharded_colle
  *  offsets  [num_tables * B_local + 1], dtype of indices; B_local <= max_local_batch.
  *  per_sample_weights  [nnz] float32 or NULL (SUM only).
  *  output   [B_local, sum of dims] float32 / float16 / bfloat16, strides[1] == 1.
- *  report   NULL or int64 [SPEMBED_REPORT_SIZE] on the CPU: this rank's own
- *           ids and offsets (positions are in this rank's `indices`).
+ *  report   NULL or int64 [SPEMBED_REPORT_SIZE] on the collection's device:
+ *           this rank's own ids and offsets (positions are in this rank's
+ *           `indices`). The return status already says what it says.
  * Out-of-range ids follow options.bounds_policy on every rank; under ERROR
  * any rank's bad id fails the call on every rank. */
 spembed_status_t spembed_sharded_collection_forward(

@@ -1,8 +1,11 @@
-// The data steps of the sharded collection on the CPU (host memory): check and
-// count the ids by destination, bucketize them, assemble what a rank received
-// into one table-batched lookup, and permute pooled rows and gradients between
-// the [B_local, sum dims] layout and the per-rank blocks. Plain C++ over raw
-// pointers; the host layer (host/distributed) owns the layout and the exchanges.
+// The data steps of the sharded collection: check and count the ids by
+// destination, bucketize them, assemble what a rank received into one
+// table-batched lookup, and permute pooled rows and gradients between the
+// [B_local, sum dims] layout and the per-rank blocks. CPU versions over host
+// memory (route_cpu.cpp) and CUDA versions over device memory (route.cu, the
+// *_cuda functions: their structs' pointers are device pointers, and they
+// queue on `stream` without synchronising). The host layer (host/distributed)
+// owns the layout and the exchanges.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +39,9 @@ struct RouteSource {
   // local_index[d * num_tables + t]: table t's position in rank d's local
   // shard order, or -1 when d holds none of it.
   const int64_t* local_index = nullptr;
+  // CUDA only: [world + 1] shards held by ranks before d, which places rank
+  // d's lengths at batch * shard_prefix[d] in one buffer.
+  const int64_t* shard_prefix = nullptr;
 };
 
 struct RouteCheck {
@@ -98,6 +104,9 @@ struct RouteCombine {
   const int64_t* dim_b = nullptr;
   const int64_t* bag_counts = nullptr;
   bool mean = false;
+  // CUDA only: [total_dim] the table of each output column.
+  int64_t total_dim = 0;
+  const int64_t* column_table = nullptr;
 };
 void route_combine(const RouteCombine& c, const void* const* pooled_a, const float* const* pooled_b,
                    DType out_dtype, void* output, int64_t out_stride);
@@ -108,5 +117,59 @@ void route_combine(const RouteCombine& c, const void* const* pooled_a, const flo
 // as the single-device backward does).
 void route_split_grad(const RouteCombine& c, const void* grad, DType grad_dtype,
                       int64_t grad_stride, void* const* grad_a, float* const* grad_b);
+
+// ---- CUDA ----------------------------------------------------------------
+// Each returns a cudaError_t value (0: queued).
+
+// route_count over device memory. `lengths` gets every rank's [L_d * batch]
+// per-bag counts (at batch * shard_prefix[d]); *check (device) the checks.
+// Unlike the CPU version, the counts are formed even when the offsets are bad
+// (reading nothing out of bounds); the caller then uses only
+// check->bad_offset_position.
+int route_count_cuda(const RouteSource& src, int64_t* lengths, int64_t* counts, int64_t* bag_counts,
+                     RouteCheck* check, void* stream);
+
+// route_scatter over device memory: `cursor` gets the exclusive scan of the
+// `num_lengths` lengths (and is advanced), ids / weights (when src.weights)
+// every rank's pieces, rank after rank.
+int route_scatter_cuda(const RouteSource& src, const int64_t* lengths, int64_t* cursor,
+                       int64_t num_lengths, int64_t* ids, float* weights, void* stream);
+
+// route_assemble over device memory. The received lengths are source-major
+// (source s's [num_shards * batch_s] at num_shards * first_bag[s]), the ids
+// and weights too, packed.
+struct RouteAssemble {
+  int world = 1;
+  int64_t num_shards = 0;
+  int64_t num_a = 0;
+  int64_t total_batch = 0;
+  int64_t nnz_a = 0;                   // ids of group A (the host knows it from the counts)
+  const int64_t* first_bag = nullptr;  // [world + 1]
+  const int64_t* recv_lengths = nullptr;
+  const int64_t* recv_ids = nullptr;
+  const float* recv_weights = nullptr;  // or null
+  int64_t* offsets_a = nullptr;         // [num_a * total_batch + 1]
+  int64_t* offsets_b = nullptr;         // [(num_shards - num_a) * total_batch + 1]
+  int64_t* ids = nullptr;
+  float* weights = nullptr;  // null when recv_weights is
+  // Scratch of num_shards * total_batch values each.
+  int64_t* recv_start = nullptr;
+  int64_t* bag_length = nullptr;
+  int64_t* bag_source = nullptr;
+};
+int route_assemble_cuda(const RouteAssemble& a, void* stream);
+
+// The exchanged rows of every rank d in one buffer: at base + at[d], the
+// [max_batch, dim_a[d]] rows of the output dtype (4-byte slots), then float32
+// [max_batch, dim_b[d]].
+struct RouteDeviceRows {
+  char* base = nullptr;
+  const int64_t* at = nullptr;  // [world] byte offsets
+  int64_t max_batch = 0;
+};
+int route_combine_cuda(const RouteCombine& c, const RouteDeviceRows& rows, DType out_dtype,
+                       void* output, int64_t out_stride, void* stream);
+int route_split_grad_cuda(const RouteCombine& c, const RouteDeviceRows& rows, const void* grad,
+                          DType grad_dtype, int64_t grad_stride, void* stream);
 
 }  // namespace spembed::detail

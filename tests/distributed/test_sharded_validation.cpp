@@ -394,7 +394,7 @@ TEST(ShardedValidation, ForwardBadArgumentOnOneRank) {
         [](Args& a) {
           a.ids.set_view_device(DLDevice{kDLCUDA, 0});
         },
-        SPEMBED_STATUS_NOT_SUPPORTED, "CUDA data path");
+        SPEMBED_STATUS_INVALID_ARGUMENT, "indices: is on cuda:0 but the op runs on cpu:0");
   }
 }
 
@@ -449,13 +449,28 @@ TEST(ShardedValidation, CreateArguments) {
   expect_fails(create(v.data(), 2, &o), SPEMBED_STATUS_NOT_SUPPORTED, "options.fixed_bag_size");
   std::vector<DLTensor> on_gpu{v[0], v[1]};
   on_gpu[1].device = DLDevice{kDLCUDA, 0};
-  expect_fails(create(on_gpu.data(), 2, nullptr), SPEMBED_STATUS_NOT_SUPPORTED, "shards[1]");
+  expect_fails(create(on_gpu.data(), 2, nullptr), SPEMBED_STATUS_INVALID_ARGUMENT,
+               "shards[1]: is on cuda:0 but the op runs on cpu:0");
   expect_fails(spembed_sharded_collection_create(f.handle, f.specs.data(), 2, f.plan.data(), kF32,
                                                  nullptr, v.data(), 2, nullptr, 2, 8, &coll),
                SPEMBED_STATUS_INVALID_ARGUMENT, "comm");
   expect_fails(spembed_sharded_collection_create(f.handle, f.specs.data(), 2, f.plan.data(), kF32,
                                                  f.comms[1], v.data(), 2, nullptr, -1, 8, &coll),
                SPEMBED_STATUS_INVALID_ARGUMENT, "max_local_batch");
+  // A CUDA communicator needs a handle bound to a CUDA device.
+  int device = 0;
+  ASSERT_EQ(spembed_handle_device(f.handle, &device), SPEMBED_STATUS_SUCCESS);
+  if (device < 0) {
+    spembed_comm_t cuda_comm = nullptr;
+    spembed_comm_t cuda_comms[2] = {nullptr, nullptr};
+    ASSERT_EQ(spembed_comm_create_in_process_cuda(2, cuda_comms), SPEMBED_STATUS_SUCCESS);
+    cuda_comm = cuda_comms[0];
+    expect_fails(spembed_sharded_collection_create(f.handle, f.specs.data(), 2, f.plan.data(), kF32,
+                                                   cuda_comm, v.data(), 2, nullptr, 2, 8, &coll),
+                 SPEMBED_STATUS_INVALID_ARGUMENT, "handle: serves the CPU only");
+    for (spembed_comm_t cc : cuda_comms)
+      EXPECT_EQ(spembed_comm_destroy(cc), SPEMBED_STATUS_SUCCESS);
+  }
   EXPECT_EQ(coll, nullptr);
   size_t bytes = 0;
   expect_fails(spembed_sharded_collection_workspace_size(nullptr, &bytes),

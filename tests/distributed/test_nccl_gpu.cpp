@@ -1,22 +1,26 @@
 // The NCCL communicator with one rank on one GPU: creation, the host
-// all-gather and a send / receive to itself. Skips without a GPU.
+// all-gather and a send / receive to itself, and the sharded collection over
+// it against the unsharded path. Skips without a GPU.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "gpu_util.h"
 #include "host/distributed/comm.h"
+#include "sharded_gpu_check.h"
 #include "spembed/spembed.h"
 #include "spembed/spembed_distributed.h"
+#include "test_util.h"
 
 namespace {
 
 using namespace spembed_test;
 
-TEST(NcclComm, WorldOneExchangesAndRejectsCudaCollection) {
+TEST(NcclComm, WorldOneExchanges) {
   SPEMBED_REQUIRE_CUDA_OR_SKIP();
   int device = 0;
   SPEMBED_CUDA_CHECK(cudaGetDevice(&device));
@@ -60,18 +64,29 @@ TEST(NcclComm, WorldOneExchangesAndRejectsCudaCollection) {
   SPEMBED_CUDA_CHECK(cudaMemcpy(back.data(), dst, n, cudaMemcpyDeviceToHost));
   EXPECT_EQ(back, host);
 
-  // The collection's CUDA data path is not implemented: a clear NOT_SUPPORTED.
-  const spembed_table_spec_t spec{10, 4, 1.0};
-  const spembed_shard_plan_entry_t plan{SPEMBED_SHARDING_TABLE_WISE, 0};
-  spembed_sharded_collection_t coll = nullptr;
-  EXPECT_EQ(spembed_sharded_collection_create(handle, &spec, 1, &plan, DLDataType{kDLFloat, 32, 1},
-                                              comm, nullptr, 1, nullptr, 4, 16, &coll),
-            SPEMBED_STATUS_NOT_SUPPORTED);
-  EXPECT_NE(std::string(spembed_last_error()).find("CUDA data path"), std::string::npos)
-      << spembed_last_error();
-
   cudaFree(src);
   cudaFree(dst);
+  cudaStreamDestroy(stream);
+  EXPECT_EQ(spembed_comm_destroy(comm), SPEMBED_STATUS_SUCCESS);
+  ncclCommDestroy(nccl);
+  spembed_destroy(handle);
+}
+
+// World size 1 over NCCL equals the unsharded path (sharded_gpu_check.h).
+TEST(NcclComm, WorldOneCollectionEqualsUnsharded) {
+  SPEMBED_REQUIRE_CUDA_OR_SKIP();
+  int device = 0;
+  SPEMBED_CUDA_CHECK(cudaGetDevice(&device));
+  ncclComm_t nccl = nullptr;
+  ASSERT_EQ(ncclCommInitAll(&nccl, 1, &device), ncclSuccess);
+  spembed_handle_t handle = nullptr;
+  ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
+  spembed_comm_t comm = nullptr;
+  ASSERT_EQ(spembed_comm_create_nccl(handle, nccl, &comm), SPEMBED_STATUS_SUCCESS)
+      << spembed_last_error();
+  cudaStream_t stream = nullptr;
+  SPEMBED_CUDA_CHECK(cudaStreamCreate(&stream));
+  expect_world_one_equals_unsharded(handle, comm, stream);
   cudaStreamDestroy(stream);
   EXPECT_EQ(spembed_comm_destroy(comm), SPEMBED_STATUS_SUCCESS);
   ncclCommDestroy(nccl);

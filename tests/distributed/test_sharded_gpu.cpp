@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gpu_util.h"
+#include "sharded_gpu_check.h"
 #include "sharded_test_util.h"
 #include "spembed/spembed.h"
 #include "spembed/spembed_distributed.h"
@@ -378,6 +379,79 @@ TEST_F(ShardedGpu, SkipPolicyAndOneBadRank) {
     c.seed = 90 + static_cast<uint64_t>(bad);
     run_case(c);
   }
+}
+
+// With one rank the CUDA path equals the unsharded table batch (the check
+// test_nccl_gpu runs over NCCL).
+TEST_F(ShardedGpu, WorldOneEqualsUnsharded) {
+  spembed_handle_t handle = nullptr;
+  ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
+  spembed_comm_t comm = nullptr;
+  ASSERT_EQ(spembed_comm_create_in_process_cuda(1, &comm), SPEMBED_STATUS_SUCCESS);
+  cudaStream_t stream = nullptr;
+  SPEMBED_CUDA_CHECK(cudaStreamCreate(&stream));
+  expect_world_one_equals_unsharded(handle, comm, stream);
+  cudaStreamDestroy(stream);
+  EXPECT_EQ(spembed_comm_destroy(comm), SPEMBED_STATUS_SUCCESS);
+  spembed_destroy(handle);
+}
+
+// A rank passing a host tensor to the CUDA collection: every rank fails with
+// the argument named on that rank, and no output is written.
+TEST_F(ShardedGpu, HostTensorOnOneRankFailsEveryRank) {
+  Case c;
+  c.world = 2;
+  c.batch = {2, 2};
+  Rng rng(5);
+  spembed_handle_t handle = nullptr;
+  ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
+  std::vector<HostTensor> full;
+  std::vector<spembed_table_spec_t> specs;
+  for (size_t t = 0; t < c.rows.size(); ++t) {
+    full.emplace_back(c.table_dtype, std::vector<int64_t>{c.rows[t], c.dims[t]});
+    fill_random(full.back(), rng, DataKind::kReal);
+    specs.push_back({c.rows[t], c.dims[t], 1.0});
+  }
+  spembed_embedding_bag_options_t options;
+  spembed_embedding_bag_options_init(&options);
+  Side side;
+  make_side(c, handle, /*cuda=*/true, specs, full, {}, {}, options, &side);
+  if (HasFatalFailure()) return;
+  std::vector<StepInputs> in(2);
+  std::vector<HostTensor> out(2);
+  std::vector<DeviceTensor> d_out(2);
+  for (int r = 0; r < 2; ++r) {
+    const auto i = static_cast<size_t>(r);
+    const Batch b = make_batch(c, r, rng);
+    in[i].ids = make_index_tensor(c.index_dtype, b.ids);
+    in[i].offsets = make_index_tensor(c.index_dtype, b.offsets);
+    in[i].d_ids = DeviceTensor(in[i].ids);
+    in[i].d_offsets = DeviceTensor(in[i].offsets);
+    out[i] = HostTensor(c.out_dtype, {c.batch[i], total_dim(c)});
+    out[i].fill_bytes(kPoisonByte);
+    d_out[i] = DeviceTensor(out[i]);
+  }
+  run_ranks(2, [&](int r) {
+    const auto i = static_cast<size_t>(r);
+    RankSide& rs = side.ranks[i];
+    // Rank 1's offsets stay on the host.
+    rs.status = spembed_sharded_collection_forward(
+        rs.coll, in[i].d_ids.dl(), r == 1 ? in[i].offsets.dl() : in[i].d_offsets.dl(), nullptr,
+        d_out[i].dl(), nullptr, side.workspace(r), rs.workspace_bytes, nullptr);
+    rs.message = spembed_last_error();
+  });
+  for (int r = 0; r < 2; ++r) {
+    const auto i = static_cast<size_t>(r);
+    EXPECT_EQ(side.ranks[i].status, SPEMBED_STATUS_INVALID_ARGUMENT) << side.ranks[i].message;
+    EXPECT_NE(side.ranks[i].message.find(r == 1 ? "offsets: is on cpu:0" : "rank 1 failed"),
+              std::string::npos)
+        << side.ranks[i].message;
+    HostTensor got = out[i].clone();
+    d_out[i].download(got);
+    EXPECT_TRUE(got.bytes_equal(out[i].bytes())) << "rank " << r << " wrote its output";
+  }
+  destroy_side(side);
+  spembed_destroy(handle);
 }
 
 }  // namespace

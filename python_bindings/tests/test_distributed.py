@@ -122,7 +122,7 @@ def _abs_bound(ref, per_rank, mode, psw_global):
         offs = offsets[lo:hi + 1] - a
         valid = (ids[a:z] >= 0) & (ids[a:z] < w.shape[0])  # skipped ids add nothing
         psw = valid.double() if psw_global is None else psw_global[a:z].abs().double() * valid
-        absum = F.embedding_bag(ids[a:z] * valid, w.detach().abs().double(), offs[:-1],
+        absum = F.embedding_bag(ids[a:z] * valid, w.detach().cpu().abs().double(), offs[:-1],
                                 mode="sum", per_sample_weights=psw, include_last_offset=False)
         n = lengths[lo:hi].double()[:, None]
         bound = 2 * n.clamp(min=1) * U32 * absum
@@ -145,13 +145,13 @@ def _same_weights(sharded_sd, ref_sd, exact, lr, step):
                 f"{key}: max diff {(got - want).abs().max()}"
 
 
-def _run_case(rank, world, name, seed):
+def _run_case(rank, world, name, seed, device="cpu"):
     c = CASES[name]
     plan = c["plan"](world)
     opts = dict(mode=c["mode"], optimizer=c["optimizer"], lr=0.05,
                 padding_idx=c.get("padding_idx"),
                 bounds_policy=c.get("bounds_policy", "error"),
-                scale_grad_by_freq=c.get("scale_grad_by_freq", False))
+                scale_grad_by_freq=c.get("scale_grad_by_freq", False), device=device)
     sharded = ShardedEmbeddingBagCollection(TABLES, plan, init_seed=seed, **opts)
     ref = spembed.nn.EmbeddingBagCollection(TABLES, **opts)
     sd = sharded.state_dict()
@@ -174,15 +174,17 @@ def _run_case(rank, world, name, seed):
             l_psw = g_psw[keep]
         lo, hi = _local_rows(per_rank, rank)
         grad = torch.randn((len(g_offs) - 1) // len(TABLES), sum(d for _, d in TABLES),
-                           generator=gen)
-        out = sharded(l_ids, l_offs, l_psw)
-        want = ref(g_ids, g_offs, g_psw)
+                           generator=gen).to(device)
+        on = (lambda t: None if t is None else t.to(device))
+        out = sharded(on(l_ids), on(l_offs), on(l_psw))
+        want = ref(on(g_ids), on(g_offs), on(g_psw))
+        assert out.device == want.device == torch.device(device)
         assert out.shape == (hi - lo, sum(d for _, d in TABLES))
         assert out.grad_fn is not None
         if exact:
             assert torch.equal(out, want[lo:hi]), f"{name} step {step}: outputs differ"
         else:
-            bound = _abs_bound(ref, per_rank, c["mode"], g_psw)[lo:hi]
+            bound = _abs_bound(ref, per_rank, c["mode"], g_psw)[lo:hi].to(device)
             diff = (out - want[lo:hi]).abs()
             assert bool((diff <= bound).all()), \
                 f"{name} step {step}: max diff {diff.max()} over the bound"
@@ -321,6 +323,26 @@ def test_checkpoint_moves_between_world_sizes(tmp_path):
     # World size 1: the checkpoint, then the cases against the unsharded collection.
     _spawn(1, ["tw_mean_adagrad_pad", "rw_sum_adam", "mixed_sum_sgd_skip"], seed, _load_worker,
            path)
+
+
+def _nccl_worker(rank, world, store, jobs, seed):
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        for job in jobs:
+            _run_case(rank, world, job, seed, device=f"cuda:{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and dist.is_nccl_available()) and
+                    os.environ.get("SPEMBED_REQUIRE_GPU") != "1",
+                    reason="no usable CUDA device or no NCCL in this torch")
+def test_sharded_cuda_nccl_world_one():
+    """On one GPU over NCCL (world size 1: two ranks on one GPU need a newer
+    NCCL): every case on CUDA tensors against the unsharded collection on the
+    same device."""
+    _spawn(1, list(CASES), _seed(), _nccl_worker)
 
 
 def test_propose_plan():

@@ -290,4 +290,11 @@ void release_attention_inputs();
 // Lines describing the attention FLOP model and peers, printed by main.
 const char* attention_flop_model();
 
+// ---- hooks of the sharded collection benchmarks (sharded_bench.cpp) --------------------------
+
+// Registers the sharded-vs-unsharded step benchmarks, on the path g_config selects.
+void register_sharded();
+// Frees their inputs; main calls it before tearing down the GPU context.
+void release_sharded_inputs();
+
 }  // namespace spembed_bench

@@ -664,11 +664,13 @@ int main(int argc, char** argv) {
   register_all();
   register_backward();
   register_attention();
+  register_sharded();
   benchmark::RunSpecifiedBenchmarks();
   print_summary();
   print_attention_summary();
   release_backward_inputs();
   release_attention_inputs();
+  release_sharded_inputs();
   if (g_config.gpu) {
     teardown_gpu();
   } else {

@@ -300,17 +300,30 @@ __device__ __forceinline__ float* rows_b(const RouteDeviceRows& r, const RouteCo
   return reinterpret_cast<float*>(r.base + r.at[d] + r.max_batch * c.dim_a[d] * 4);
 }
 
+// Element e of the [batch, total_dim] output (or gradient): its sample, its
+// column there, its table and the column within the table.
+struct OutputElement {
+  int64_t b, col, t, k;
+  RouteTable table;
+};
+
+__device__ __forceinline__ OutputElement output_element(const RouteCombine& c, int64_t e) {
+  OutputElement x;
+  x.b = e / c.total_dim;
+  x.col = e - x.b * c.total_dim;
+  x.t = c.column_table[x.col];
+  x.table = c.tables[x.t];
+  x.k = x.col - x.table.out_col;
+  return x;
+}
+
 template <typename OutT>
 __global__ void __launch_bounds__(kThreads)
     combine_kernel(const RouteCombine c, const RouteDeviceRows r, OutT* out, int64_t out_stride) {
   const int64_t n = c.batch * c.total_dim;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n; e += stride) {
-    const int64_t b = e / c.total_dim;
-    const int64_t col = e - b * c.total_dim;
-    const int64_t t = c.column_table[col];
-    const RouteTable table = c.tables[t];
-    const int64_t k = col - table.out_col;
+    const auto [b, col, t, k, table] = output_element(c, e);
     OutT* o = out + b * out_stride + col;
     if (table.block == 0) {
       const int d = table.owner;
@@ -341,11 +354,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = c.batch * c.total_dim;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < n; e += stride) {
-    const int64_t b = e / c.total_dim;
-    const int64_t col = e - b * c.total_dim;
-    const int64_t t = c.column_table[col];
-    const RouteTable table = c.tables[t];
-    const int64_t k = col - table.out_col;
+    const auto [b, col, t, k, table] = output_element(c, e);
     const GradT go = grad[b * grad_stride + col];
     if (table.block == 0) {
       const int d = table.owner;

@@ -4,6 +4,8 @@
 // make, and running the ranks as threads.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -147,6 +149,34 @@ inline HostTensor make_state(spembed_optimizer_t o, int64_t rows, int64_t dim, R
     }
   }
   return s;
+}
+
+// Rank r's shards under the case's plan, in local order, cut from the full
+// tables and optimizer states (states1 / states2 empty when full_s1 / full_s2 are).
+struct LocalShards {
+  std::vector<spembed_shard_shape_t> shapes;
+  std::vector<HostTensor> shards, states1, states2;
+};
+
+inline void cut_local_shards(const Case& c, const std::vector<spembed_table_spec_t>& specs, int r,
+                             const std::vector<HostTensor>& full,
+                             const std::vector<HostTensor>& full_s1,
+                             const std::vector<HostTensor>& full_s2, LocalShards* out) {
+  const auto T = static_cast<int64_t>(specs.size());
+  int64_t count = -1;
+  ASSERT_EQ(
+      spembed_shard_plan_local_shards(specs.data(), T, c.plan.data(), c.world, r, nullptr, &count),
+      SPEMBED_STATUS_SUCCESS);
+  out->shapes.resize(static_cast<size_t>(count));
+  ASSERT_EQ(spembed_shard_plan_local_shards(specs.data(), T, c.plan.data(), c.world, r,
+                                            out->shapes.data(), &count),
+            SPEMBED_STATUS_SUCCESS);
+  for (const auto& s : out->shapes) {
+    const auto t = static_cast<size_t>(s.table);
+    out->shards.push_back(rows_of(full[t], s.first_row, s.rows));
+    if (!full_s1.empty()) out->states1.push_back(rows_of(full_s1[t], s.first_row, s.rows));
+    if (!full_s2.empty()) out->states2.push_back(rows_of(full_s2[t], s.first_row, s.rows));
+  }
 }
 
 }  // namespace spembed_test

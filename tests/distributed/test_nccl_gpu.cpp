@@ -20,24 +20,40 @@ namespace {
 
 using namespace spembed_test;
 
-TEST(NcclComm, WorldOneExchanges) {
-  SPEMBED_REQUIRE_CUDA_OR_SKIP();
-  int device = 0;
-  SPEMBED_CUDA_CHECK(cudaGetDevice(&device));
+// One NCCL rank on the current device, a handle, the spembed communicator
+// over it, and a stream.
+class NcclComm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SPEMBED_REQUIRE_CUDA_OR_SKIP();
+    int device = 0;
+    SPEMBED_CUDA_CHECK(cudaGetDevice(&device));
+    ASSERT_EQ(ncclCommInitAll(&nccl, 1, &device), ncclSuccess);
+    ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
+    ASSERT_EQ(spembed_comm_create_nccl(handle, nccl, &comm), SPEMBED_STATUS_SUCCESS)
+        << spembed_last_error();
+    SPEMBED_CUDA_CHECK(cudaStreamCreate(&stream));
+  }
+  void TearDown() override {
+    if (stream != nullptr) cudaStreamDestroy(stream);
+    if (comm != nullptr) {
+      EXPECT_EQ(spembed_comm_destroy(comm), SPEMBED_STATUS_SUCCESS);
+    }
+    if (nccl != nullptr) ncclCommDestroy(nccl);
+    if (handle != nullptr) spembed_destroy(handle);
+  }
   ncclComm_t nccl = nullptr;
-  ASSERT_EQ(ncclCommInitAll(&nccl, 1, &device), ncclSuccess);
   spembed_handle_t handle = nullptr;
-  ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
   spembed_comm_t comm = nullptr;
-  ASSERT_EQ(spembed_comm_create_nccl(handle, nccl, &comm), SPEMBED_STATUS_SUCCESS)
-      << spembed_last_error();
+  cudaStream_t stream = nullptr;
+};
+
+TEST_F(NcclComm, WorldOneExchanges) {
   int rank = -1, world = -1;
   ASSERT_EQ(spembed_comm_rank(comm, &rank, &world), SPEMBED_STATUS_SUCCESS);
   EXPECT_EQ(rank, 0);
   EXPECT_EQ(world, 1);
 
-  cudaStream_t stream = nullptr;
-  SPEMBED_CUDA_CHECK(cudaStreamCreate(&stream));
   const std::vector<int64_t> record{3, -5, 7, 11, 13};
   std::vector<int64_t> gathered(record.size(), -1);
   ASSERT_EQ(comm->all_gather_host(record.data(), static_cast<int64_t>(record.size()),
@@ -66,31 +82,11 @@ TEST(NcclComm, WorldOneExchanges) {
 
   cudaFree(src);
   cudaFree(dst);
-  cudaStreamDestroy(stream);
-  EXPECT_EQ(spembed_comm_destroy(comm), SPEMBED_STATUS_SUCCESS);
-  ncclCommDestroy(nccl);
-  spembed_destroy(handle);
 }
 
 // World size 1 over NCCL equals the unsharded path (sharded_gpu_check.h).
-TEST(NcclComm, WorldOneCollectionEqualsUnsharded) {
-  SPEMBED_REQUIRE_CUDA_OR_SKIP();
-  int device = 0;
-  SPEMBED_CUDA_CHECK(cudaGetDevice(&device));
-  ncclComm_t nccl = nullptr;
-  ASSERT_EQ(ncclCommInitAll(&nccl, 1, &device), ncclSuccess);
-  spembed_handle_t handle = nullptr;
-  ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
-  spembed_comm_t comm = nullptr;
-  ASSERT_EQ(spembed_comm_create_nccl(handle, nccl, &comm), SPEMBED_STATUS_SUCCESS)
-      << spembed_last_error();
-  cudaStream_t stream = nullptr;
-  SPEMBED_CUDA_CHECK(cudaStreamCreate(&stream));
+TEST_F(NcclComm, WorldOneCollectionEqualsUnsharded) {
   expect_world_one_equals_unsharded(handle, comm, stream);
-  cudaStreamDestroy(stream);
-  EXPECT_EQ(spembed_comm_destroy(comm), SPEMBED_STATUS_SUCCESS);
-  ncclCommDestroy(nccl);
-  spembed_destroy(handle);
 }
 
 }  // namespace

@@ -73,21 +73,14 @@ void run_case(const Case& c) {
   for (int r = 0; r < c.world; ++r) {
     RankState& rs = ranks[static_cast<size_t>(r)];
     rs.comm = comms[static_cast<size_t>(r)];
-    int64_t count = -1;
-    ASSERT_EQ(spembed_shard_plan_local_shards(specs.data(), T, c.plan.data(), c.world, r, nullptr,
-                                              &count),
-              SPEMBED_STATUS_SUCCESS);
-    rs.shapes.resize(static_cast<size_t>(count));
-    ASSERT_EQ(spembed_shard_plan_local_shards(specs.data(), T, c.plan.data(), c.world, r,
-                                              rs.shapes.data(), &count),
-              SPEMBED_STATUS_SUCCESS);
-    for (const auto& s : rs.shapes) {
-      rs.shards.push_back(rows_of(full[static_cast<size_t>(s.table)], s.first_row, s.rows));
-      if (!full_s1.empty())
-        rs.states1.push_back(rows_of(full_s1[static_cast<size_t>(s.table)], s.first_row, s.rows));
-      if (!full_s2.empty())
-        rs.states2.push_back(rows_of(full_s2[static_cast<size_t>(s.table)], s.first_row, s.rows));
-    }
+    LocalShards local;
+    cut_local_shards(c, specs, r, full, full_s1, full_s2, &local);
+    if (HasFatalFailure()) return;
+    const auto count = static_cast<int64_t>(local.shapes.size());
+    rs.shapes = std::move(local.shapes);
+    rs.shards = std::move(local.shards);
+    rs.states1 = std::move(local.states1);
+    rs.states2 = std::move(local.states2);
     for (auto& s : rs.shards) rs.shard_views.push_back(*s.dl());
     for (auto& s : rs.states1) rs.s1_views.push_back(*s.dl());
     for (auto& s : rs.states2) rs.s2_views.push_back(*s.dl());

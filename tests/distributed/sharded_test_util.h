@@ -151,6 +151,36 @@ inline HostTensor make_state(spembed_optimizer_t o, int64_t rows, int64_t dim, R
   return s;
 }
 
+// The case's unsharded tables and optimizer states (random), and their specs.
+struct FullTables {
+  std::vector<spembed_table_spec_t> specs;
+  std::vector<HostTensor> tables, states1, states2;
+};
+
+inline FullTables make_full_tables(const Case& c, Rng& rng) {
+  FullTables f;
+  for (size_t t = 0; t < c.rows.size(); ++t) {
+    const int64_t rows = c.rows[t];
+    const int64_t dim = c.dims[t];
+    f.tables.emplace_back(c.table_dtype, std::vector<int64_t>{rows, dim});
+    fill_random(f.tables.back(), rng, DataKind::kReal);
+    if (state_count(c.optimizer) >= 1) f.states1.push_back(make_state(c.optimizer, rows, dim, rng));
+    if (state_count(c.optimizer) >= 2) f.states2.push_back(make_state(c.optimizer, rows, dim, rng));
+    f.specs.push_back({rows, dim, 1.0});
+  }
+  return f;
+}
+
+// The collection's options for the case.
+inline spembed_embedding_bag_options_t case_options(const Case& c) {
+  spembed_embedding_bag_options_t options;
+  spembed_embedding_bag_options_init(&options);
+  options.pooling = c.pooling;
+  options.padding_idx = c.padding_idx;
+  options.bounds_policy = c.bounds;
+  return options;
+}
+
 // Rank r's shards under the case's plan, in local order, cut from the full
 // tables and optimizer states (states1 / states2 empty when full_s1 / full_s2 are).
 struct LocalShards {

@@ -42,32 +42,17 @@ void run_case(const Case& c) {
   ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
 
   // The unsharded collection.
-  std::vector<HostTensor> full, full_s1, full_s2;
-  std::vector<spembed_table_spec_t> specs;
-  for (int64_t t = 0; t < T; ++t) {
-    HostTensor tab(c.table_dtype, {c.rows[static_cast<size_t>(t)], c.dims[static_cast<size_t>(t)]});
-    fill_random(tab, rng, DataKind::kReal);
-    full.push_back(std::move(tab));
-    if (state_count(c.optimizer) >= 1) {
-      full_s1.push_back(make_state(c.optimizer, c.rows[static_cast<size_t>(t)],
-                                   c.dims[static_cast<size_t>(t)], rng));
-    }
-    if (state_count(c.optimizer) >= 2) {
-      full_s2.push_back(make_state(c.optimizer, c.rows[static_cast<size_t>(t)],
-                                   c.dims[static_cast<size_t>(t)], rng));
-    }
-    specs.push_back({c.rows[static_cast<size_t>(t)], c.dims[static_cast<size_t>(t)], 1.0});
-  }
+  FullTables f = make_full_tables(c, rng);
+  const std::vector<spembed_table_spec_t>& specs = f.specs;
+  std::vector<HostTensor>& full = f.tables;
+  std::vector<HostTensor>& full_s1 = f.states1;
+  std::vector<HostTensor>& full_s2 = f.states2;
 
   // Sharded: each rank's shards cut from the same initial tables.
   std::vector<RankState> ranks(static_cast<size_t>(c.world));
   std::vector<spembed_comm_t> comms(static_cast<size_t>(c.world));
   ASSERT_EQ(spembed_comm_create_in_process(c.world, comms.data()), SPEMBED_STATUS_SUCCESS);
-  spembed_embedding_bag_options_t options;
-  spembed_embedding_bag_options_init(&options);
-  options.pooling = c.pooling;
-  options.padding_idx = c.padding_idx;
-  options.bounds_policy = c.bounds;
+  const spembed_embedding_bag_options_t options = case_options(c);
   const int64_t max_batch = *std::max_element(c.batch.begin(), c.batch.end());
   const int64_t max_ids = max_batch * T * 4 + 1;
   for (int r = 0; r < c.world; ++r) {
@@ -75,7 +60,7 @@ void run_case(const Case& c) {
     rs.comm = comms[static_cast<size_t>(r)];
     LocalShards local;
     cut_local_shards(c, specs, r, full, full_s1, full_s2, &local);
-    if (HasFatalFailure()) return;
+    if (::testing::Test::HasFatalFailure()) return;
     const auto count = static_cast<int64_t>(local.shapes.size());
     rs.shapes = std::move(local.shapes);
     rs.shards = std::move(local.shards);
@@ -320,7 +305,7 @@ TEST_P(ShardedOptimizers, MatchesUnshardedEveryWorldAndPooling) {
       c.plan[3].owner = world - 1;
       c.seed = static_cast<uint64_t>(100 * world + pooling * 10 + GetParam());
       run_case(c);
-      if (HasFatalFailure()) return;
+      if (::testing::Test::HasFatalFailure()) return;
     }
   }
 }
@@ -344,7 +329,7 @@ TEST(Sharded, MaxPoolingTableWise) {
       c.optimizer = opt;
       c.seed = 300 + static_cast<uint64_t>(world * 10 + opt);
       run_case(c);
-      if (HasFatalFailure()) return;
+      if (::testing::Test::HasFatalFailure()) return;
     }
   }
 }

@@ -137,27 +137,15 @@ void expect_same(const HostTensor& cpu, const HostTensor& gpu, const std::string
 void run_case(const Case& c) {
   SCOPED_TRACE(::testing::Message() << "world " << c.world << " seed " << c.seed);
   Rng rng(c.seed);
-  const int64_t T = static_cast<int64_t>(c.rows.size());
   const int64_t D = total_dim(c);
   spembed_handle_t handle = nullptr;
   ASSERT_EQ(spembed_create(&handle), SPEMBED_STATUS_SUCCESS);
-  std::vector<HostTensor> full, full_s1, full_s2;
-  std::vector<spembed_table_spec_t> specs;
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t rows = c.rows[static_cast<size_t>(t)];
-    const int64_t dim = c.dims[static_cast<size_t>(t)];
-    HostTensor tab(c.table_dtype, {rows, dim});
-    fill_random(tab, rng, DataKind::kReal);
-    full.push_back(std::move(tab));
-    if (state_count(c.optimizer) >= 1) full_s1.push_back(make_state(c.optimizer, rows, dim, rng));
-    if (state_count(c.optimizer) >= 2) full_s2.push_back(make_state(c.optimizer, rows, dim, rng));
-    specs.push_back({rows, dim, 1.0});
-  }
-  spembed_embedding_bag_options_t options;
-  spembed_embedding_bag_options_init(&options);
-  options.pooling = c.pooling;
-  options.padding_idx = c.padding_idx;
-  options.bounds_policy = c.bounds;
+  FullTables f = make_full_tables(c, rng);
+  const std::vector<spembed_table_spec_t>& specs = f.specs;
+  std::vector<HostTensor>& full = f.tables;
+  std::vector<HostTensor>& full_s1 = f.states1;
+  std::vector<HostTensor>& full_s2 = f.states2;
+  const spembed_embedding_bag_options_t options = case_options(c);
   Side sides[2];
   for (int k = 0; k < 2; ++k) {
     make_side(c, handle, k == 1, specs, full, full_s1, full_s2, options, &sides[k]);

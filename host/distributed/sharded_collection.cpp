@@ -58,7 +58,9 @@ struct WorkspacePlan {
   size_t first_bag = 0;    // int64 [W + 1]
   size_t status_send = 0;  // int64: this rank's lookup status
   size_t status_recv = 0;  // int64 [W]
-  size_t inner = 0;        // the local lookups' and backward's own workspace
+  size_t scan_temp = 0;    // the scans' storage
+  size_t scan_temp_bytes = 0;
+  size_t inner = 0;  // the local lookups' and backward's own workspace
   size_t inner_bytes = 0;
   size_t total = 0;
 };
@@ -138,8 +140,18 @@ namespace {
 
 using Collection = spembed_sharded_collection_st;
 
+// The most values one of the CUDA steps scans: every rank's lengths when
+// sending, this rank's received ones when assembling.
+int64_t max_scan_items(const ShardLayout& l, int rank, int64_t max_batch) {
+  int64_t all_shards = 0;
+  for (const auto& shards : l.shards) all_shards += static_cast<int64_t>(shards.size());
+  const auto mine = static_cast<int64_t>(l.shards[static_cast<size_t>(rank)].size());
+  return std::max(all_shards, mine * l.world) * max_batch;
+}
+
 WorkspacePlan plan_workspace(const ShardLayout& l, int rank, int64_t max_batch, int64_t max_ids,
-                             bool max_pooling, bool cuda, size_t inner_bytes) {
+                             bool max_pooling, bool cuda, size_t scan_temp_bytes,
+                             size_t inner_bytes) {
   WorkspacePlan p;
   const size_t W = static_cast<size_t>(l.world);
   const size_t Bm = static_cast<size_t>(max_batch);
@@ -188,7 +200,11 @@ WorkspacePlan plan_workspace(const ShardLayout& l, int rank, int64_t max_batch, 
     p.first_bag = take(8 * (W + 1));
     p.status_send = take(8);
     p.status_recv = take(8 * W);
-    at = align_up(at, 256);  // the inner calls' regions are laid out from a 256-byte boundary
+    // CUB's storage and the inner calls' regions start at 256-byte boundaries.
+    at = align_up(at, 256);
+    p.scan_temp = take(scan_temp_bytes);
+    p.scan_temp_bytes = scan_temp_bytes;
+    at = align_up(at, 256);
     p.inner = take(inner_bytes);
     p.inner_bytes = inner_bytes;
   }
@@ -320,6 +336,10 @@ RouteSource make_source(const Collection& c, const CallInputs& in) {
 template <typename Steps>
 spembed_status_t on_device(const Collection& c, Steps&& steps) {
   return launch_on_device(c.device.device_id, std::forward<Steps>(steps));
+}
+
+RouteScanTemp scan_temp(const Collection& c, char* ws) {
+  return RouteScanTemp{ws + c.ws.scan_temp, c.ws.scan_temp_bytes};
 }
 
 // Rank d's lengths in the send buffer (packed with this call's batch).
@@ -515,7 +535,8 @@ spembed_status_t list_routing(Collection& c, const CallInputs& in, char* ws, voi
     SPEMBED_RETURN_IF_ERROR(on_device(c, [&] {
       return route_scatter_cuda(make_source(c, in), send_lengths(c, ws, in.batch, 0),
                                 reinterpret_cast<int64_t*>(ws + c.ws.send_cursor),
-                                in.batch * c.shard_prefix[W], send_ids, send_weights, stream);
+                                in.batch * c.shard_prefix[W], send_ids, send_weights,
+                                scan_temp(c, ws), stream);
     }));
   } else {
     route_scatter(make_source(c, in), c.counts.data(), c.dests.data(), c.cursor.data());
@@ -585,6 +606,7 @@ spembed_status_t assemble(Collection& c, char* ws, void* stream, Routed* routed)
   a.recv_start = reinterpret_cast<int64_t*>(ws + c.ws.recv_start);
   a.bag_length = reinterpret_cast<int64_t*>(ws + c.ws.bag_length);
   a.bag_source = reinterpret_cast<int64_t*>(ws + c.ws.bag_source);
+  a.scan_temp = scan_temp(c, ws);
   return on_device(c, [&] {
     // Pageable source: the copy has taken the values when it returns.
     const int e = cudaMemcpyAsync(ws + c.ws.first_bag, c.first_bag.data(), 8 * (W + 1),
@@ -831,8 +853,20 @@ extern "C" spembed_status_t spembed_sharded_collection_create(
         inner_bytes = std::max(inner_bytes, bytes);
       }
     }
+    size_t scan_bytes = 0;
+    if (c->cuda) {
+      const int64_t items = max_scan_items(c->layout, c->rank, max_local_batch);
+      if (items > kRouteMaxScanItems) {
+        return fail(SPEMBED_STATUS_INVALID_ARGUMENT,
+                    "max_local_batch: %" PRId64 " x %" PRId64
+                    " shards of one exchange exceeds 2^31 - 1 bags on CUDA",
+                    max_local_batch, items / std::max<int64_t>(max_local_batch, 1));
+      }
+      SPEMBED_RETURN_IF_ERROR(
+          on_device(*c, [&] { return route_scan_temp_bytes(items, &scan_bytes); }));
+    }
     c->ws = plan_workspace(c->layout, c->rank, max_local_batch, max_local_ids,
-                           opts.pooling == SPEMBED_POOLING_MAX, c->cuda, inner_bytes);
+                           opts.pooling == SPEMBED_POOLING_MAX, c->cuda, scan_bytes, inner_bytes);
     if (c->cuda) SPEMBED_RETURN_IF_ERROR(upload_layout(*c));
     c->record.assign(kCounts + 2 * W, 0);
     c->records.assign(W * (kCounts + 2 * W), 0);

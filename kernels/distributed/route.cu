@@ -12,16 +12,15 @@
 //             scanned again they are the local lookups' offsets; one warp per
 //             bag copies its ids;
 //   combine / split_grad: one thread per output element.
-// Scans run in one block (tile after tile with a carried total): the arrays
-// are bags x shards, small next to the ids, and a single block needs no
-// temporary storage in the workspace.
+// Scans are CUB's device-wide ones (the arrays are bags x shards: up to
+// millions of entries on large batches), their storage in the workspace.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cub/block/block_scan.cuh>
+#include <cub/device/device_scan.cuh>
 #include <type_traits>
 
 #include "kernels/common/kernel_launch.cuh"
@@ -32,7 +31,6 @@ namespace spembed::detail {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kScanThreads = 256;
 constexpr int64_t kMaxGrid = 65535;
 
 unsigned grid_for(int64_t items, int per_block = kThreads) {
@@ -159,38 +157,33 @@ __global__ void finish_check_kernel(const RouteSource s, RouteCheck* check) {
   check->bad_index_table = s.batch > 0 ? lo / s.batch : 0;
 }
 
-// out = inclusive or exclusive prefix sums of in[0, n); in == out allowed.
+// out = inclusive or exclusive prefix sums of in[0, n) (temp == nullptr:
+// the size query, which launches nothing).
+// 32-bit counts (route.h bounds the arrays by kRouteMaxScanItems): CUB's
+// 64-bit-offset scan kernel spills on sm_80.
 template <bool kInclusive>
-__global__ void __launch_bounds__(kScanThreads)
-    scan_kernel(const int64_t* in, int64_t* out, int64_t n) {
-  using Scan = cub::BlockScan<int64_t, kScanThreads>;
-  __shared__ typename Scan::TempStorage temp;
-  __shared__ int64_t carry;
-  if (threadIdx.x == 0) carry = 0;
-  __syncthreads();
-  for (int64_t base = 0; base < n; base += kScanThreads) {
-    const int64_t i = base + threadIdx.x;
-    const int64_t v = i < n ? in[i] : 0;
-    int64_t sum = 0;
-    int64_t tile_total = 0;
-    if constexpr (kInclusive) {
-      Scan(temp).InclusiveSum(v, sum, tile_total);
-    } else {
-      Scan(temp).ExclusiveSum(v, sum, tile_total);
-    }
-    const int64_t before = carry;
-    if (i < n) out[i] = before + sum;
-    __syncthreads();  // every thread has read carry; temp is free again
-    if (threadIdx.x == 0) carry = before + tile_total;
-    __syncthreads();
+int scan(void* temp, size_t& temp_bytes, const int64_t* in, int64_t* out, int64_t n,
+         cudaStream_t stream) {
+  if (n > kRouteMaxScanItems) return static_cast<int>(cudaErrorInvalidValue);
+  if (temp != nullptr && n == 0) return 0;
+  const auto items = static_cast<int>(n);
+  if constexpr (kInclusive) {
+    return static_cast<int>(
+        cub::DeviceScan::InclusiveSum(temp, temp_bytes, in, out, items, stream));
+  } else {
+    return static_cast<int>(
+        cub::DeviceScan::ExclusiveSum(temp, temp_bytes, in, out, items, stream));
   }
 }
 
+// The scan storage a RouteScanTemp holds, checked against what CUB asks for n.
 template <bool kInclusive>
-int scan(const int64_t* in, int64_t* out, int64_t n, cudaStream_t stream) {
-  if (n == 0) return 0;
-  launch_kernel(scan_kernel<kInclusive>, 1, kScanThreads, 0, stream, in, out, n);
-  return launch_status(stream);
+int scan(const RouteScanTemp& t, const int64_t* in, int64_t* out, int64_t n, cudaStream_t stream) {
+  size_t bytes = 0;
+  if (const int e = scan<kInclusive>(nullptr, bytes, in, out, n, stream)) return e;
+  if (bytes > t.bytes) return static_cast<int>(cudaErrorInvalidValue);
+  bytes = t.bytes;
+  return scan<kInclusive>(t.data, bytes, in, out, n, stream);
 }
 
 template <typename IdxT>
@@ -389,10 +382,19 @@ int route_count_cuda(const RouteSource& src, int64_t* lengths, int64_t* counts, 
   });
 }
 
+int route_scan_temp_bytes(int64_t max_items, size_t* bytes) {
+  size_t exclusive = 0, inclusive = 0;
+  if (const int e = scan<false>(nullptr, exclusive, nullptr, nullptr, max_items, nullptr)) return e;
+  if (const int e = scan<true>(nullptr, inclusive, nullptr, nullptr, max_items, nullptr)) return e;
+  *bytes = std::max(exclusive, inclusive);
+  return 0;
+}
+
 int route_scatter_cuda(const RouteSource& src, const int64_t* lengths, int64_t* cursor,
-                       int64_t num_lengths, int64_t* ids, float* weights, void* stream_handle) {
+                       int64_t num_lengths, int64_t* ids, float* weights, const RouteScanTemp& temp,
+                       void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
-  if (const int e = scan<false>(lengths, cursor, num_lengths, stream)) return e;
+  if (const int e = scan<false>(temp, lengths, cursor, num_lengths, stream)) return e;
   const int64_t bags = src.num_tables * src.batch;
   if (bags == 0) return 0;
   return SPEMBED_INDEX_SWITCH(src.index_type, IdxT, [&] {
@@ -406,12 +408,15 @@ int route_assemble_cuda(const RouteAssemble& a, void* stream_handle) {
   const auto stream = static_cast<cudaStream_t>(stream_handle);
   const int64_t n = a.num_shards * a.total_batch;
   const int64_t split = a.num_a * a.total_batch;
-  if (const int e = scan<false>(a.recv_lengths, a.recv_start, n, stream)) return e;
+  if (const int e = scan<false>(a.scan_temp, a.recv_lengths, a.recv_start, n, stream)) return e;
   launch_kernel(reorder_kernel, grid_for(n), kThreads, 0, stream, a,
                 static_cast<const int64_t*>(a.recv_start), a.bag_length, a.bag_source);
   if (const int e = launch_status(stream)) return e;
-  if (const int e = scan<true>(a.bag_length, a.offsets_a + 1, split, stream)) return e;
-  if (const int e = scan<true>(a.bag_length + split, a.offsets_b + 1, n - split, stream)) return e;
+  if (const int e = scan<true>(a.scan_temp, a.bag_length, a.offsets_a + 1, split, stream)) return e;
+  if (const int e =
+          scan<true>(a.scan_temp, a.bag_length + split, a.offsets_b + 1, n - split, stream)) {
+    return e;
+  }
   if (n == 0) return 0;
   launch_kernel(copy_bags_kernel, grid_for(n * 32), kThreads, 0, stream, a,
                 static_cast<const int64_t*>(a.bag_length),

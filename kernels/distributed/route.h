@@ -129,11 +129,23 @@ void route_split_grad(const RouteCombine& c, const void* grad, DType grad_dtype,
 int route_count_cuda(const RouteSource& src, int64_t* lengths, int64_t* counts, int64_t* bag_counts,
                      RouteCheck* check, void* stream);
 
+// Device storage for the scans of the steps below (CUB's device-wide scans).
+struct RouteScanTemp {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+// The most values a CUDA step scans (bags x shards of one exchange).
+constexpr int64_t kRouteMaxScanItems = (int64_t{1} << 31) - 1;
+// The storage for scans of up to max_items values (CUB's query, on the current
+// device).
+int route_scan_temp_bytes(int64_t max_items, size_t* bytes);
+
 // route_scatter over device memory: `cursor` gets the exclusive scan of the
 // `num_lengths` lengths (and is advanced), ids / weights (when src.weights)
 // every rank's pieces, rank after rank.
 int route_scatter_cuda(const RouteSource& src, const int64_t* lengths, int64_t* cursor,
-                       int64_t num_lengths, int64_t* ids, float* weights, void* stream);
+                       int64_t num_lengths, int64_t* ids, float* weights, const RouteScanTemp& temp,
+                       void* stream);
 
 // route_assemble over device memory. The received lengths are source-major
 // (source s's [num_shards * batch_s] at num_shards * first_bag[s]), the ids
@@ -152,10 +164,11 @@ struct RouteAssemble {
   int64_t* offsets_b = nullptr;         // [(num_shards - num_a) * total_batch + 1]
   int64_t* ids = nullptr;
   float* weights = nullptr;  // null when recv_weights is
-  // Scratch of num_shards * total_batch values each.
+  // Scratch of num_shards * total_batch values each, and the scans' storage.
   int64_t* recv_start = nullptr;
   int64_t* bag_length = nullptr;
   int64_t* bag_source = nullptr;
+  RouteScanTemp scan_temp;
 };
 int route_assemble_cuda(const RouteAssemble& a, void* stream);
 

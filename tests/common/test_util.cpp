@@ -331,8 +331,9 @@ std::vector<uint8_t> HostTensor::bytes() const {
 }
 
 bool HostTensor::bytes_equal(const std::vector<uint8_t>& snapshot) const {
+  // (an empty tensor may have no storage: memcmp must not see its null pointer)
   return snapshot.size() == storage_bytes_ &&
-         std::memcmp(snapshot.data(), storage_.get(), storage_bytes_) == 0;
+         (storage_bytes_ == 0 || std::memcmp(snapshot.data(), storage_.get(), storage_bytes_) == 0);
 }
 
 HostTensor HostTensor::clone() const {

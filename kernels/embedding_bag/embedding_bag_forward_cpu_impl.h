@@ -105,13 +105,9 @@ class Forward {
     for (int v = 0; v < kNv; ++v) acc[v] = V{};
     const T* base = static_cast<const T*>(t.data) + col;
     const int64_t row_bytes = static_cast<int64_t>(kNv) * kL * static_cast<int64_t>(sizeof(T));
-    for (int64_t i = first; i < last; ++i) {
-      if (i + kPrefetchIds < prefetch_end) {
-        const auto ahead = static_cast<int64_t>(ids_[i + kPrefetchIds]);
-        if (valid(ahead, t.rows)) prefetch_bytes(base + ahead * t.row_stride, row_bytes);
-      }
+    auto add = [&](int64_t i) {
       const auto id = static_cast<int64_t>(ids_[i]);
-      if (kChecked && !valid(id, t.rows)) continue;
+      if (kChecked && !valid(id, t.rows)) return;
       const T* r = base + id * t.row_stride;
       if constexpr (kWeighted) {
         const V w = vbroadcast<V>(weights_[i]);
@@ -119,12 +115,31 @@ class Forward {
       } else {
         for (int v = 0; v < kNv; ++v) acc[v] = acc[v] + vload(r + v * kL);
       }
+    };
+    // Two loops, so that the one over most ids has no per-id test of whether
+    // an id kPrefetchIds ahead exists.
+    const int64_t prefetched = std::max(first, std::min(last, prefetch_end - kPrefetchIds));
+    int64_t i = first;
+    for (; i < prefetched; ++i) {
+      prefetch_row(base, static_cast<int64_t>(ids_[i + kPrefetchIds]), t.row_stride, row_bytes);
+      add(i);
     }
+    for (; i < last; ++i) add(i);
     if (divisor != A(1)) {
       const V d = vbroadcast<V>(divisor);
       for (int v = 0; v < kNv; ++v) acc[v] = acc[v] / d;
     }
     for (int v = 0; v < kNv; ++v) store_vec(out + col + v * kL, acc[v]);
+  }
+
+  // Prefetches `bytes` of row `id` from `base` on. The address is formed in
+  // integers: the id may be one the loops skip (out of range, where no
+  // pointer may point), and a prefetch of any address is harmless.
+  static void prefetch_row(const T* base, int64_t id, int64_t row_stride, int64_t bytes) {
+    const uintptr_t address =
+        reinterpret_cast<uintptr_t>(base) +
+        static_cast<uintptr_t>(id) * static_cast<uintptr_t>(row_stride) * sizeof(T);
+    prefetch_bytes(reinterpret_cast<const void*>(address), bytes);
   }
 
   // Columns [col, dim) one at a time (dims that are not a multiple of kL).
@@ -172,29 +187,32 @@ class Forward {
     if (col < t.dim) tail<kWeighted, kChecked>(t, first, last, col, divisor, out);
   }
 
-  // SUM and MEAN over bags [begin, end).
+  // SUM and MEAN over bags [begin, end), one table's bags at a time.
   template <bool kWeighted>
   void pool(int64_t begin, int64_t end) const {
     const bool mean = p_.pooling == SPEMBED_POOLING_MEAN;
-    for (int64_t g = begin; g < end; ++g) {
+    for (int64_t g = begin; g < end;) {
       const int64_t table = g / p_.bags_per_table;
       const TableMeta& t = p_.tables[table];
-      const int64_t first = bag_begin(g);
-      const int64_t last = bag_begin(g + 1);
-      // Prefetch into the next bags of this chunk while they use this table.
       const int64_t table_end = std::min(end, (table + 1) * p_.bags_per_table);
+      // Prefetch into the next bags of this chunk while they use this table.
       const int64_t prefetch_end = bag_begin(table_end);
-      const int64_t out = (g % p_.bags_per_table) * p_.out_row_stride + t.out_col;
-      if (all_valid(first, last, t.rows)) {
-        const int64_t count = last - first;
-        const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
-        bag<kWeighted, false>(t, first, last, prefetch_end, divisor, out);
-      } else {
-        int64_t count = 0;
-        for (int64_t i = first; i < last; ++i)
-          count += valid(static_cast<int64_t>(ids_[i]), t.rows);
-        const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
-        bag<kWeighted, true>(t, first, last, prefetch_end, divisor, out);
+      int64_t out = (g % p_.bags_per_table) * p_.out_row_stride + t.out_col;
+      int64_t last = bag_begin(g);
+      for (; g < table_end; ++g, out += p_.out_row_stride) {
+        const int64_t first = last;
+        last = bag_begin(g + 1);
+        if (p_.all_ids_contribute || all_valid(first, last, t.rows)) {
+          const int64_t count = last - first;
+          const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
+          bag<kWeighted, false>(t, first, last, prefetch_end, divisor, out);
+        } else {
+          int64_t count = 0;
+          for (int64_t i = first; i < last; ++i)
+            count += valid(static_cast<int64_t>(ids_[i]), t.rows);
+          const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
+          bag<kWeighted, true>(t, first, last, prefetch_end, divisor, out);
+        }
       }
     }
   }
@@ -277,6 +295,28 @@ class Forward {
   const A* weights_;  // per-sample weights (the accumulator type), or null
   void* out_;
 };
+
+// The host's id check (scan_ids_cpu): one branch-free pass, so that it
+// vectorizes. Ids compare as unsigned, so negative ones are out of range.
+template <typename Index>
+IdScan scan_ids(const Index* ids, int64_t begin, int64_t end, int64_t rows, int64_t padding_idx) {
+  using U = std::make_unsigned_t<Index>;
+  constexpr int64_t kMaxId = std::numeric_limits<Index>::max();
+  const U limit = rows > kMaxId ? static_cast<U>(kMaxId) + 1 : static_cast<U>(rows);
+  const bool has_padding = padding_idx >= 0 && padding_idx <= kMaxId;
+  const U padding = has_padding ? static_cast<U>(padding_idx) : U(0);
+  const U padding_flag = has_padding ? U(1) : U(0);
+  U bad = 0;
+  U not_contributing = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const auto u = static_cast<U>(ids[i]);
+    const U outside = u >= limit ? U(1) : U(0);
+    const U is_padding = u == padding ? padding_flag : U(0);
+    bad |= outside & (is_padding ^ U(1));
+    not_contributing |= outside | is_padding;
+  }
+  return IdScan{bad != 0, not_contributing != 0};
+}
 
 inline void forward(const EmbeddingBagForwardParams& p) {
   dispatch_element(p.table_dtype, [&](auto element) {

@@ -96,12 +96,12 @@ class Forward {
     return static_cast<const T*>(t.data) + id * t.row_stride;
   }
 
-  // Output columns [col, col + kNv * kL) of one bag. Ids in [first, last);
-  // rows of ids in [last, prefetch_end) are prefetched too (the next bags').
+  // Sums columns [col, col + kNv * kL) of one bag into acc. Ids in
+  // [first, last); rows of ids in [last, prefetch_end) are prefetched too
+  // (the next bags').
   template <int kNv, bool kWeighted, bool kChecked>
-  void block(const TableMeta& t, int64_t first, int64_t last, int64_t prefetch_end, int32_t col,
-             A divisor, int64_t out) const {
-    V acc[kNv];
+  void accumulate(const TableMeta& t, int64_t first, int64_t last, int64_t prefetch_end,
+                  int32_t col, V (&acc)[kNv]) const {
     for (int v = 0; v < kNv; ++v) acc[v] = V{};
     const T* base = static_cast<const T*>(t.data) + col;
     const int64_t row_bytes = static_cast<int64_t>(kNv) * kL * static_cast<int64_t>(sizeof(T));
@@ -125,11 +125,72 @@ class Forward {
       add(i);
     }
     for (; i < last; ++i) add(i);
+  }
+
+  // Output columns [col, col + kNv * kL) of one bag (see accumulate).
+  template <int kNv, bool kWeighted, bool kChecked>
+  void block(const TableMeta& t, int64_t first, int64_t last, int64_t prefetch_end, int32_t col,
+             A divisor, int64_t out) const {
+    V acc[kNv];
+    accumulate<kNv, kWeighted, kChecked>(t, first, last, prefetch_end, col, acc);
     if (divisor != A(1)) {
       const V d = vbroadcast<V>(divisor);
       for (int v = 0; v < kNv; ++v) acc[v] = acc[v] / d;
     }
     for (int v = 0; v < kNv; ++v) store_vec(out + col + v * kL, acc[v]);
+  }
+
+  // Bags [g, g_end) of table t when every id contributes and a row is kNv
+  // whole vectors: what bag() and block() decide per bag (the column blocks,
+  // the checks, the output type) is decided once here. Same sums as block().
+  template <int kNv, bool kWeighted, typename Out>
+  void one_block_bags(const TableMeta& t, int64_t g, int64_t g_end, int64_t prefetch_end,
+                      int64_t out, bool mean) const {
+    Out* o = static_cast<Out*>(out_) + out;
+    for (int64_t last = bag_begin(g); g < g_end; ++g, o += p_.out_row_stride) {
+      const int64_t first = last;
+      last = bag_begin(g + 1);
+      V acc[kNv];
+      accumulate<kNv, kWeighted, false>(t, first, last, prefetch_end, 0, acc);
+      if (mean && last - first > 1) {  // block()'s divisor != 1
+        const V d = vbroadcast<V>(static_cast<A>(last - first));
+        for (int v = 0; v < kNv; ++v) acc[v] = acc[v] / d;
+      }
+      for (int v = 0; v < kNv; ++v) vstore(o + v * kL, acc[v]);
+    }
+  }
+
+  // one_block_bags for a row of `vectors` vectors (1, 2, 4 or 8) and the
+  // output's type; false (nothing done) for other rows.
+  template <bool kWeighted>
+  bool try_one_block_bags(const TableMeta& t, int64_t g, int64_t g_end, int64_t prefetch_end,
+                          int64_t out, bool mean) const {
+    if (t.dim % kL != 0) return false;
+    auto with_out = [&](auto rows_of) {
+      constexpr int kNv = decltype(rows_of)::value;
+      if constexpr (std::is_same_v<A, double>) {
+        one_block_bags<kNv, kWeighted, double>(t, g, g_end, prefetch_end, out, mean);
+      } else if (p_.out_dtype == DType::kF16) {
+        one_block_bags<kNv, kWeighted, f16_t>(t, g, g_end, prefetch_end, out, mean);
+      } else if (p_.out_dtype == DType::kBF16) {
+        one_block_bags<kNv, kWeighted, bf16_t>(t, g, g_end, prefetch_end, out, mean);
+      } else {
+        one_block_bags<kNv, kWeighted, float>(t, g, g_end, prefetch_end, out, mean);
+      }
+      return true;
+    };
+    switch (t.dim / kL) {
+      case 1:
+        return with_out(std::integral_constant<int, 1>{});
+      case 2:
+        return with_out(std::integral_constant<int, 2>{});
+      case 4:
+        return with_out(std::integral_constant<int, 4>{});
+      case 8:
+        return with_out(std::integral_constant<int, 8>{});
+      default:
+        return false;
+    }
   }
 
   // Prefetches `bytes` of row `id` from `base` on. The address is formed in
@@ -198,6 +259,11 @@ class Forward {
       // Prefetch into the next bags of this chunk while they use this table.
       const int64_t prefetch_end = bag_begin(table_end);
       int64_t out = (g % p_.bags_per_table) * p_.out_row_stride + t.out_col;
+      if (p_.all_ids_contribute &&
+          try_one_block_bags<kWeighted>(t, g, table_end, prefetch_end, out, mean)) {
+        g = table_end;
+        continue;
+      }
       int64_t last = bag_begin(g);
       for (; g < table_end; ++g, out += p_.out_row_stride) {
         const int64_t first = last;

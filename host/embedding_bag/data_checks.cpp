@@ -3,6 +3,7 @@
 #include <cinttypes>
 
 #include "host/common/errors.h"
+#include "kernels/embedding_bag/embedding_bag_forward.h"
 
 namespace spembed::detail {
 namespace {
@@ -26,17 +27,14 @@ void scan(const EmbeddingBagForwardParams& p, DataCheckResult* r) {
     }
     if (r->bad_offset_position >= 0) return;
   }
+  r->all_ids_contribute = true;
   auto check_range = [&](int64_t begin, int64_t end, int64_t table) {
     const int64_t rows = p.tables[table].rows;
-    // A branch-free pass first (it vectorizes); the slow scan below, which
+    // A branch-free, vectorized pass first; the slow scan below, which
     // records the first bad id, runs only for a range that has one.
-    bool any_bad = false;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t id = static_cast<int64_t>(ids[i]);
-      any_bad |= static_cast<uint64_t>(id) >= static_cast<uint64_t>(rows) &&
-                 !(p.padding_idx >= 0 && id == p.padding_idx);
-    }
-    if (!any_bad) return;
+    const IdScan found = scan_ids_cpu(ids, p.index_type, begin, end, rows, p.padding_idx);
+    if (found.any_not_contributing) r->all_ids_contribute = false;
+    if (!found.any_bad) return;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t id = static_cast<int64_t>(ids[i]);
       if ((p.padding_idx >= 0 && id == p.padding_idx) || (id >= 0 && id < rows)) continue;

@@ -12,6 +12,9 @@ struct DataCheckResult {
   int64_t bad_index_position = -1;
   int64_t bad_index_value = 0;
   int64_t bad_index_table = 0;  // the table the first bad id was looked up in
+  // Every id is in range and none is padding_idx (set only when the offsets
+  // are sound): EmbeddingBagForwardParams::all_ids_contribute.
+  bool all_ids_contribute = false;
 };
 
 // Scans p.offsets (if any) and every id of p (host memory). Ids are checked

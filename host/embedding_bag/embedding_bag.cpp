@@ -254,7 +254,9 @@ spembed_status_t run(const EmbeddingBagForwardParams& p, const TableSide& side,
     // host_tables is what the CPU checks need, whatever p.tables points at.
     EmbeddingBagForwardParams host_view = p;
     host_view.tables = side.host_tables;
-    SPEMBED_RETURN_IF_ERROR(conclude_data_checks(host_view, check_data_cpu(host_view)));
+    const DataCheckResult checked = check_data_cpu(host_view);
+    SPEMBED_RETURN_IF_ERROR(conclude_data_checks(host_view, checked));
+    host_view.all_ids_contribute = checked.all_ids_contribute;
     embedding_bag_forward_cpu(host_view);
     return SPEMBED_STATUS_SUCCESS;
   }

@@ -77,13 +77,56 @@ inline vfloat vload(const f16_t* p) {
 #endif
 }
 
+// float lanes rounded to bfloat16 (nearest even), bit for bit as
+// float_to_bf16: integer arithmetic on the bits, NaNs quieted the same way.
+inline vhalfbits to_bf16_bits(vfloat v) {
+  vbits u;
+  std::memcpy(&u, &v, sizeof(u));
+  const vbits rounded = (u + (0x7fffu + ((u >> 16) & 1u))) >> 16;
+  const vbits quiet_nan = (u >> 16) | 0x40u;
+  const vbits r = (u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+  return __builtin_convertvector(r, vhalfbits);
+}
+
+#if SPEMBED_CPU_ISA_LEVEL >= 1
+// float lanes rounded to float16 (nearest even), bit for bit as
+// float_to_half: the F16C conversion rounds the same way, but keeps a NaN's
+// payload where float_to_half returns one quiet NaN, so NaN lanes are
+// replaced. (float denormals become +-0 either way, whatever MXCSR says.)
+inline vhalfbits to_half_bits(vfloat v) {
+#if SPEMBED_CPU_ISA_LEVEL == 2
+  // (the masked form: GCC 12 warns about the unmasked one's undefined source)
+  const __m256i h =
+      _mm512_maskz_cvtps_ph(0xffff, reinterpret_cast<__m512>(v), _MM_FROUND_TO_NEAREST_INT);
+#else
+  const __m128i h = _mm256_cvtps_ph(reinterpret_cast<__m256>(v), _MM_FROUND_TO_NEAREST_INT);
+#endif
+  vhalfbits converted;
+  std::memcpy(&converted, &h, sizeof(converted));
+  vbits u;
+  std::memcpy(&u, &v, sizeof(u));
+  const vbits nan = (u & 0x7fffffffu) > 0x7f800000u ? ~vbits{} : vbits{};
+  const vhalfbits nan16 = __builtin_convertvector(nan, vhalfbits);
+  const vhalfbits quiet_nan = __builtin_convertvector(((u >> 16) & 0x8000u) | 0x7e00u, vhalfbits);
+  return (converted & ~nan16) | (quiet_nan & nan16);
+}
+#endif
+
 // Stores a vector of accumulators as kLanes elements of Out (rounded to
-// nearest even for 16-bit outputs, as the scalar conversions).
+// nearest even for 16-bit outputs, bit for bit as the scalar conversions).
 template <typename Out, typename V>
 inline void vstore(Out* p, V v) {
   using A = std::remove_reference_t<decltype(v[0])>;
   if constexpr (std::is_same_v<Out, A>) {
     std::memcpy(p, &v, sizeof(v));
+  } else if constexpr (std::is_same_v<A, float> && std::is_same_v<Out, bf16_t>) {
+    const vhalfbits h = to_bf16_bits(v);
+    std::memcpy(p, &h, sizeof(h));
+#if SPEMBED_CPU_ISA_LEVEL >= 1
+  } else if constexpr (std::is_same_v<A, float> && std::is_same_v<Out, f16_t>) {
+    const vhalfbits h = to_half_bits(v);
+    std::memcpy(p, &h, sizeof(h));
+#endif
   } else {
     for (int l = 0; l < kLanes<A>; ++l) p[l] = from_acc<Out>(v[l]);
   }

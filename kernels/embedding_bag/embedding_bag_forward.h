@@ -11,6 +11,16 @@ namespace spembed::detail {
 // SPEMBED_BOUNDS_SKIP (they are skipped). Writes the outputs only.
 void embedding_bag_forward_cpu(const EmbeddingBagForwardParams& p);
 
+// What a scan of ids[begin, end) found (the host's data check, CPU tensors):
+// ids outside [0, rows) that are not padding_idx, and ids that do not
+// contribute (outside [0, rows) or equal to padding_idx; padding_idx < 0: none).
+struct IdScan {
+  bool any_bad = false;
+  bool any_not_contributing = false;
+};
+IdScan scan_ids_cpu(const void* ids, IndexType index_type, int64_t begin, int64_t end,
+                    int64_t rows, int64_t padding_idx);
+
 // CUDA implementation. Queues on `stream` (a cudaStream_t): clearing the check
 // record in p.workspace, the device-side data checks, the lookup, and, when
 // p.report is set, the report. Returns the first launch error as a

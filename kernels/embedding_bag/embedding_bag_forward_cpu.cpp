@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 #if defined(__x86_64__)
@@ -36,6 +37,24 @@ void embedding_bag_forward_cpu(const EmbeddingBagForwardParams& p) {
       cpu_base::forward(p);
       return;
   }
+}
+
+IdScan scan_ids_cpu(const void* ids, IndexType index_type, int64_t begin, int64_t end,
+                    int64_t rows, int64_t padding_idx) {
+  auto scan = [&](auto typed_ids) {
+    switch (cpu_isa()) {
+#if defined(__x86_64__)
+      case CpuIsa::kAvx512:
+        return cpu_avx512::scan_ids(typed_ids, begin, end, rows, padding_idx);
+      case CpuIsa::kAvx2:
+        return cpu_avx2::scan_ids(typed_ids, begin, end, rows, padding_idx);
+#endif
+      default:
+        return cpu_base::scan_ids(typed_ids, begin, end, rows, padding_idx);
+    }
+  };
+  return index_type == IndexType::kI32 ? scan(static_cast<const int32_t*>(ids))
+                                       : scan(static_cast<const int64_t*>(ids));
 }
 
 }  // namespace spembed::detail

@@ -96,22 +96,18 @@ class Forward {
     return static_cast<const T*>(t.data) + id * t.row_stride;
   }
 
-  // Output columns [col, col + kNv * kL) of one bag. Ids in [first, last);
-  // rows of ids in [last, prefetch_end) are prefetched too (the next bags').
+  // Sums columns [col, col + kNv * kL) of one bag into acc. Ids in
+  // [first, last); rows of ids in [last, prefetch_end) are prefetched too
+  // (the next bags').
   template <int kNv, bool kWeighted, bool kChecked>
-  void block(const TableMeta& t, int64_t first, int64_t last, int64_t prefetch_end, int32_t col,
-             A divisor, int64_t out) const {
-    V acc[kNv];
+  void accumulate(const TableMeta& t, int64_t first, int64_t last, int64_t prefetch_end,
+                  int32_t col, V (&acc)[kNv]) const {
     for (int v = 0; v < kNv; ++v) acc[v] = V{};
     const T* base = static_cast<const T*>(t.data) + col;
     const int64_t row_bytes = static_cast<int64_t>(kNv) * kL * static_cast<int64_t>(sizeof(T));
-    for (int64_t i = first; i < last; ++i) {
-      if (i + kPrefetchIds < prefetch_end) {
-        const auto ahead = static_cast<int64_t>(ids_[i + kPrefetchIds]);
-        if (valid(ahead, t.rows)) prefetch_bytes(base + ahead * t.row_stride, row_bytes);
-      }
+    auto add = [&](int64_t i) {
       const auto id = static_cast<int64_t>(ids_[i]);
-      if (kChecked && !valid(id, t.rows)) continue;
+      if (kChecked && !valid(id, t.rows)) return;
       const T* r = base + id * t.row_stride;
       if constexpr (kWeighted) {
         const V w = vbroadcast<V>(weights_[i]);
@@ -119,12 +115,92 @@ class Forward {
       } else {
         for (int v = 0; v < kNv; ++v) acc[v] = acc[v] + vload(r + v * kL);
       }
+    };
+    // Two loops, so that the one over most ids has no per-id test of whether
+    // an id kPrefetchIds ahead exists.
+    const int64_t prefetched = std::max(first, std::min(last, prefetch_end - kPrefetchIds));
+    int64_t i = first;
+    for (; i < prefetched; ++i) {
+      prefetch_row(base, static_cast<int64_t>(ids_[i + kPrefetchIds]), t.row_stride, row_bytes);
+      add(i);
     }
+    for (; i < last; ++i) add(i);
+  }
+
+  // Output columns [col, col + kNv * kL) of one bag (see accumulate).
+  template <int kNv, bool kWeighted, bool kChecked>
+  void block(const TableMeta& t, int64_t first, int64_t last, int64_t prefetch_end, int32_t col,
+             A divisor, int64_t out) const {
+    V acc[kNv];
+    accumulate<kNv, kWeighted, kChecked>(t, first, last, prefetch_end, col, acc);
     if (divisor != A(1)) {
       const V d = vbroadcast<V>(divisor);
       for (int v = 0; v < kNv; ++v) acc[v] = acc[v] / d;
     }
     for (int v = 0; v < kNv; ++v) store_vec(out + col + v * kL, acc[v]);
+  }
+
+  // Bags [g, g_end) of table t when every id contributes and a row is kNv
+  // whole vectors: what bag() and block() decide per bag (the column blocks,
+  // the checks, the output type) is decided once here. Same sums as block().
+  template <int kNv, bool kWeighted, typename Out>
+  void one_block_bags(const TableMeta& t, int64_t g, int64_t g_end, int64_t prefetch_end,
+                      int64_t out, bool mean) const {
+    Out* o = static_cast<Out*>(out_) + out;
+    for (int64_t last = bag_begin(g); g < g_end; ++g, o += p_.out_row_stride) {
+      const int64_t first = last;
+      last = bag_begin(g + 1);
+      V acc[kNv];
+      accumulate<kNv, kWeighted, false>(t, first, last, prefetch_end, 0, acc);
+      if (mean && last - first > 1) {  // block()'s divisor != 1
+        const V d = vbroadcast<V>(static_cast<A>(last - first));
+        for (int v = 0; v < kNv; ++v) acc[v] = acc[v] / d;
+      }
+      for (int v = 0; v < kNv; ++v) vstore(o + v * kL, acc[v]);
+    }
+  }
+
+  // one_block_bags for a row of `vectors` vectors (1, 2, 4 or 8) and the
+  // output's type; false (nothing done) for other rows.
+  template <bool kWeighted>
+  bool try_one_block_bags(const TableMeta& t, int64_t g, int64_t g_end, int64_t prefetch_end,
+                          int64_t out, bool mean) const {
+    if (t.dim % kL != 0) return false;
+    auto with_out = [&](auto rows_of) {
+      constexpr int kNv = decltype(rows_of)::value;
+      if constexpr (std::is_same_v<A, double>) {
+        one_block_bags<kNv, kWeighted, double>(t, g, g_end, prefetch_end, out, mean);
+      } else if (p_.out_dtype == DType::kF16) {
+        one_block_bags<kNv, kWeighted, f16_t>(t, g, g_end, prefetch_end, out, mean);
+      } else if (p_.out_dtype == DType::kBF16) {
+        one_block_bags<kNv, kWeighted, bf16_t>(t, g, g_end, prefetch_end, out, mean);
+      } else {
+        one_block_bags<kNv, kWeighted, float>(t, g, g_end, prefetch_end, out, mean);
+      }
+      return true;
+    };
+    switch (t.dim / kL) {
+      case 1:
+        return with_out(std::integral_constant<int, 1>{});
+      case 2:
+        return with_out(std::integral_constant<int, 2>{});
+      case 4:
+        return with_out(std::integral_constant<int, 4>{});
+      case 8:
+        return with_out(std::integral_constant<int, 8>{});
+      default:
+        return false;
+    }
+  }
+
+  // Prefetches `bytes` of row `id` from `base` on. The address is formed in
+  // integers: the id may be one the loops skip (out of range, where no
+  // pointer may point), and a prefetch of any address is harmless.
+  static void prefetch_row(const T* base, int64_t id, int64_t row_stride, int64_t bytes) {
+    const uintptr_t address =
+        reinterpret_cast<uintptr_t>(base) +
+        static_cast<uintptr_t>(id) * static_cast<uintptr_t>(row_stride) * sizeof(T);
+    prefetch_bytes(reinterpret_cast<const void*>(address), bytes);
   }
 
   // Columns [col, dim) one at a time (dims that are not a multiple of kL).
@@ -172,29 +248,37 @@ class Forward {
     if (col < t.dim) tail<kWeighted, kChecked>(t, first, last, col, divisor, out);
   }
 
-  // SUM and MEAN over bags [begin, end).
+  // SUM and MEAN over bags [begin, end), one table's bags at a time.
   template <bool kWeighted>
   void pool(int64_t begin, int64_t end) const {
     const bool mean = p_.pooling == SPEMBED_POOLING_MEAN;
-    for (int64_t g = begin; g < end; ++g) {
+    for (int64_t g = begin; g < end;) {
       const int64_t table = g / p_.bags_per_table;
       const TableMeta& t = p_.tables[table];
-      const int64_t first = bag_begin(g);
-      const int64_t last = bag_begin(g + 1);
-      // Prefetch into the next bags of this chunk while they use this table.
       const int64_t table_end = std::min(end, (table + 1) * p_.bags_per_table);
+      // Prefetch into the next bags of this chunk while they use this table.
       const int64_t prefetch_end = bag_begin(table_end);
-      const int64_t out = (g % p_.bags_per_table) * p_.out_row_stride + t.out_col;
-      if (all_valid(first, last, t.rows)) {
-        const int64_t count = last - first;
-        const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
-        bag<kWeighted, false>(t, first, last, prefetch_end, divisor, out);
-      } else {
-        int64_t count = 0;
-        for (int64_t i = first; i < last; ++i)
-          count += valid(static_cast<int64_t>(ids_[i]), t.rows);
-        const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
-        bag<kWeighted, true>(t, first, last, prefetch_end, divisor, out);
+      int64_t out = (g % p_.bags_per_table) * p_.out_row_stride + t.out_col;
+      if (p_.all_ids_contribute &&
+          try_one_block_bags<kWeighted>(t, g, table_end, prefetch_end, out, mean)) {
+        g = table_end;
+        continue;
+      }
+      int64_t last = bag_begin(g);
+      for (; g < table_end; ++g, out += p_.out_row_stride) {
+        const int64_t first = last;
+        last = bag_begin(g + 1);
+        if (p_.all_ids_contribute || all_valid(first, last, t.rows)) {
+          const int64_t count = last - first;
+          const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
+          bag<kWeighted, false>(t, first, last, prefetch_end, divisor, out);
+        } else {
+          int64_t count = 0;
+          for (int64_t i = first; i < last; ++i)
+            count += valid(static_cast<int64_t>(ids_[i]), t.rows);
+          const A divisor = mean && count > 0 ? static_cast<A>(count) : A(1);
+          bag<kWeighted, true>(t, first, last, prefetch_end, divisor, out);
+        }
       }
     }
   }
@@ -277,6 +361,28 @@ class Forward {
   const A* weights_;  // per-sample weights (the accumulator type), or null
   void* out_;
 };
+
+// The host's id check (scan_ids_cpu): one branch-free pass, so that it
+// vectorizes. Ids compare as unsigned, so negative ones are out of range.
+template <typename Index>
+IdScan scan_ids(const Index* ids, int64_t begin, int64_t end, int64_t rows, int64_t padding_idx) {
+  using U = std::make_unsigned_t<Index>;
+  constexpr int64_t kMaxId = std::numeric_limits<Index>::max();
+  const U limit = rows > kMaxId ? static_cast<U>(kMaxId) + 1 : static_cast<U>(rows);
+  const bool has_padding = padding_idx >= 0 && padding_idx <= kMaxId;
+  const U padding = has_padding ? static_cast<U>(padding_idx) : U(0);
+  const U padding_flag = has_padding ? U(1) : U(0);
+  U bad = 0;
+  U not_contributing = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const auto u = static_cast<U>(ids[i]);
+    const U outside = u >= limit ? U(1) : U(0);
+    const U is_padding = u == padding ? padding_flag : U(0);
+    bad |= outside & (is_padding ^ U(1));
+    not_contributing |= outside | is_padding;
+  }
+  return IdScan{bad != 0, not_contributing != 0};
+}
 
 inline void forward(const EmbeddingBagForwardParams& p) {
   dispatch_element(p.table_dtype, [&](auto element) {

@@ -55,6 +55,10 @@ struct EmbeddingBagForwardParams {
   void* argmax = nullptr;  // MAX only, index_type, or null
   int64_t argmax_row_stride = 0;
 
+  // CPU only: the data check found every id in range and none equal to
+  // padding_idx, so the loops need not check ids again.
+  bool all_ids_contribute = false;
+
   int64_t* report = nullptr;  // SPEMBED_REPORT_SIZE entries on the op's device, or null
   void* workspace = nullptr;  // CUDA: the DataCheckRecord below
 

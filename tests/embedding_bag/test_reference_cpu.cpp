@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -680,6 +682,54 @@ TEST_F(Numerics, OutputRoundsToNearestEven) {
             1.0 + std::ldexp(1.0, -10));
   EXPECT_EQ(sum_column(kF32, kBF16, {1.0, std::ldexp(1.0, -8)}), 1.0);
   EXPECT_EQ(sum_column(kF32, kBF16, {1.0, std::ldexp(3.0, -8)}), 1.0 + std::ldexp(1.0, -6));
+}
+
+// The vectorized 16-bit stores (kernels/common/cpu_simd.h) must round every
+// float32 sum exactly as the scalar conversions do, NaN payloads, infinities,
+// overflow, ties and subnormals included, on the loop for rows of whole
+// vectors (every id contributes) and on the general one (a padding id).
+TEST_F(Numerics, SixteenBitOutputsRoundLikeTheScalarConversions) {
+  constexpr int64_t kDim = 64;  // whole vectors on every instruction set
+  const uint32_t special[] = {
+      0x7f800001u, 0xffc12345u, 0x7fa00000u, 0x7fffffffu, 0x7f800000u, 0xff800000u,
+      0x477fefffu, 0x477ff000u, 0xc77ff000u, 0x7f7fffffu, 0x00000001u, 0x807fffffu,
+      0x33000000u, 0x33400000u, 0x38800000u, 0x387fffffu, 0x3f801000u, 0x3f803000u,
+      0x3f808000u, 0x3f818000u, 0x80000000u, 0x00000000u, 0x3eaaaaabu, 0xc2c80001u};
+  const int64_t rows = 8;
+  std::vector<uint32_t> bits(static_cast<size_t>(rows * kDim));
+  Rng rng(7);
+  for (size_t i = 0; i < bits.size(); ++i) {
+    bits[i] = i < std::size(special) ? special[i] : static_cast<uint32_t>(rng.gen()());
+  }
+  HostTensor tab(kF32, {rows, kDim});
+  std::memcpy(tab.storage(), bits.data(), bits.size() * sizeof(uint32_t));
+  // One row per bag: each output is +0 + that row, a float32 the test can round itself.
+  HostTensor idx = make_index_tensor(kI64, {0, 1, 2, 3, 4, 5, 6, 7});
+  HostTensor offs = make_index_tensor(kI64, {0, 1, 2, 3, 4, 5, 6, 7, 8});
+  for (const int64_t padding_idx : {int64_t{-1}, int64_t{7}}) {
+    spembed_embedding_bag_options_t opts;
+    spembed_embedding_bag_options_init(&opts);
+    opts.padding_idx = padding_idx;
+    auto run = [&](DLDataType out_t) {
+      HostTensor out(out_t, {rows, kDim});
+      EXPECT_EQ(spembed_embedding_bag_forward(handle_.get(), tab.dl(), idx.dl(), offs.dl(),
+                                              nullptr, &opts, out.dl(), nullptr, nullptr, nullptr,
+                                              0, nullptr),
+                SPEMBED_STATUS_SUCCESS)
+          << spembed_last_error();
+      return out;
+    };
+    const HostTensor out32 = run(kF32), out16 = run(kF16), outb16 = run(kBF16);
+    for (int64_t e = 0; e < rows * kDim; ++e) {
+      float sum;
+      uint16_t half, bf16;
+      std::memcpy(&sum, out32.storage() + e * 4, 4);
+      std::memcpy(&half, out16.storage() + e * 2, 2);
+      std::memcpy(&bf16, outb16.storage() + e * 2, 2);
+      ASSERT_EQ(half, float_to_half(sum)) << "element " << e << ", padding_idx " << padding_idx;
+      ASSERT_EQ(bf16, float_to_bf16(sum)) << "element " << e << ", padding_idx " << padding_idx;
+    }
+  }
 }
 
 TEST_F(Numerics, AccumulatesInFloat32) {

@@ -8,7 +8,8 @@
 //
 // Work items are (sequence, kv head, query chunk) for the forward and dQ and
 // (sequence, kv head, key chunk) for dK / dV, run longest first on the worker
-// pool. Every output element is written by one item, in an order fixed by
+// pool; a forward query chunk of few rows (target candidates) is one item
+// over every head that streams K and V in small chunks. Every output element is written by one item, in an order fixed by
 // the shapes: results are deterministic and independent of the thread count.
 #include <algorithm>
 #include <cmath>
@@ -140,14 +141,9 @@ struct Item {
 };
 
 // Items over the query rows (by_keys false) or the keys of every sequence.
-// Sequences whose keys fit one dK / dV item, or with few query rows (target
-// candidates: their dK / dV item then takes all the keys), get their dQ from
-// that item too (no second pass recomputing P and widening K and V again);
-// skip_fused leaves them out of the dQ items.
-constexpr int64_t kFusedQueries = 0;
-bool fused_backward(const CpuSequence& seq) {
-  return seq.lk > 0 && (seq.lk <= kChunk || seq.lq <= kFusedQueries);
-}
+// Sequences whose keys fit one dK / dV item get their dQ from it too (no
+// second pass recomputing P); skip_fused leaves them out of the dQ items.
+bool fused_backward(const CpuSequence& seq) { return seq.lk > 0 && seq.lk <= kChunk; }
 
 // Forward query chunks of at most kStreamRows rows over all heads are one
 // item each (streams).
@@ -158,9 +154,8 @@ std::vector<Item> make_items(const AttentionParams& p, bool by_keys, bool skip_f
     const CpuSequence seq = sequence(p, b);
     if (skip_fused && fused_backward(seq)) continue;
     const int64_t n = by_keys ? seq.lk : seq.lq;
-    const int64_t chunk = by_keys && fused_backward(seq) ? n : kChunk;
-    for (int64_t begin = 0; begin < n; begin += chunk) {
-      const int64_t end = std::min(n, begin + chunk);
+    for (int64_t begin = 0; begin < n; begin += kChunk) {
+      const int64_t end = std::min(n, begin + kChunk);
       const Range other = by_keys ? visible_queries(p.band, seq.lq, seq.lk, begin, end)
                                   : visible_keys(p.band, seq.lq, seq.lk, begin, end);
       const int64_t span = std::max<int64_t>(other.end - other.begin, 0);

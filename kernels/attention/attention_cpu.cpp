@@ -82,7 +82,7 @@ struct TileKernels {
   int64_t (*forward_scratch)(int, int64_t);
   int64_t (*dq_scratch)(int, int64_t);
   int64_t (*dkv_scratch)(int, int64_t);
-  int64_t (*forward_stream_scratch)(int);
+  int64_t (*forward_stream_scratch)(int, int);
   void (*forward_item)(const AttentionParams&, const CpuSequence&, int, int64_t, int64_t, double*);
   void (*dq_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
                   double*);
@@ -204,7 +204,7 @@ void attention_forward_cpu(const AttentionParams& p) {
   run_items(
       items,
       [&](const Item& it) {
-        return it.kh < 0 ? k.forward_stream_scratch(p.head_dim)
+        return it.kh < 0 ? k.forward_stream_scratch(p.head_dim, p.kv_heads)
                          : k.forward_scratch(p.head_dim, it.keys);
       },
       [&](const Item& it, double* work) {

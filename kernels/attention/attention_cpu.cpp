@@ -9,8 +9,9 @@
 // Work items are (sequence, kv head, query chunk) for the forward and dQ and
 // (sequence, kv head, key chunk) for dK / dV, run longest first on the worker
 // pool; a forward query chunk of few rows (target candidates) is one item
-// over every head that streams K and V in small chunks. Every output element is written by one item, in an order fixed by
-// the shapes: results are deterministic and independent of the thread count.
+// over every head that streams K and V in small chunks. Every output element
+// is written by one item, in an order fixed by the shapes: results are
+// deterministic and independent of the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -8,8 +8,10 @@
 //
 // Work items are (sequence, kv head, query chunk) for the forward and dQ and
 // (sequence, kv head, key chunk) for dK / dV, run longest first on the worker
-// pool. Every output element is written by one item, in an order fixed by
-// the shapes: results are deterministic and independent of the thread count.
+// pool; a forward query chunk of few rows (target candidates) is one item
+// over every head that streams K and V in small chunks. Every output element
+// is written by one item, in an order fixed by the shapes: results are
+// deterministic and independent of the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -45,6 +47,11 @@ CpuSequence sequence(const AttentionParams& p, int64_t b) {
   return s;
 }
 
+// Rows (query rows times heads) up to which a forward item takes every head
+// and streams K and V in small chunks instead of widening all of a kv head's
+// keys first (forward_stream_item).
+constexpr int kStreamRows = 64;
+
 // The tile kernels, once per instruction set.
 #if SPEMBED_ATTN_X86
 #pragma GCC push_options
@@ -76,17 +83,20 @@ struct TileKernels {
   int64_t (*forward_scratch)(int, int64_t);
   int64_t (*dq_scratch)(int, int64_t);
   int64_t (*dkv_scratch)(int, int64_t);
+  int64_t (*forward_stream_scratch)(int, int);
   void (*forward_item)(const AttentionParams&, const CpuSequence&, int, int64_t, int64_t, double*);
   void (*dq_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
                   double*);
   void (*dkv_item)(const AttentionParams&, const double*, const CpuSequence&, int, int64_t, int64_t,
                    bool, double*);
+  void (*forward_stream_item)(const AttentionParams&, const CpuSequence&, int64_t, int64_t,
+                              double*);
 };
 
-#define SPEMBED_ATTN_KERNELS(ns)                                                         \
-  TileKernels {                                                                          \
-    ns::forward_scratch, ns::dq_scratch, ns::dkv_scratch, ns::forward_item, ns::dq_item, \
-        ns::dkv_item                                                                     \
+#define SPEMBED_ATTN_KERNELS(ns)                                                          \
+  TileKernels {                                                                           \
+    ns::forward_scratch, ns::dq_scratch, ns::dkv_scratch, ns::forward_stream_scratch,     \
+        ns::forward_item, ns::dq_item, ns::dkv_item, ns::forward_stream_item              \
   }
 
 // The widest instruction set the CPU has, capped by
@@ -125,7 +135,7 @@ constexpr int64_t kChunk = 256;
 
 struct Item {
   int64_t b;
-  int kh;
+  int kh;  // -1: every kv head (a streaming forward item)
   int64_t begin, end;  // query rows (forward, dQ) or keys (dK / dV) of sequence b
   int64_t cost;        // (query, key) pairs, for the longest-first order
   int64_t keys;        // keys the item widens (its scratch size)
@@ -136,7 +146,10 @@ struct Item {
 // second pass recomputing P); skip_fused leaves them out of the dQ items.
 bool fused_backward(const CpuSequence& seq) { return seq.lk > 0 && seq.lk <= kChunk; }
 
-std::vector<Item> make_items(const AttentionParams& p, bool by_keys, bool skip_fused = false) {
+// Forward query chunks of at most kStreamRows rows over all heads are one
+// item each (streams).
+std::vector<Item> make_items(const AttentionParams& p, bool by_keys, bool skip_fused = false,
+                             bool streams = false) {
   std::vector<Item> items;
   for (int64_t b = 0; b < p.batch; ++b) {
     const CpuSequence seq = sequence(p, b);
@@ -147,6 +160,10 @@ std::vector<Item> make_items(const AttentionParams& p, bool by_keys, bool skip_f
       const Range other = by_keys ? visible_queries(p.band, seq.lq, seq.lk, begin, end)
                                   : visible_keys(p.band, seq.lq, seq.lk, begin, end);
       const int64_t span = std::max<int64_t>(other.end - other.begin, 0);
+      if (streams && !by_keys && (end - begin) * p.heads <= kStreamRows) {
+        items.push_back({b, -1, begin, end, (end - begin) * (span + 1) * p.kv_heads, span});
+        continue;
+      }
       for (int kh = 0; kh < p.kv_heads; ++kh) {
         items.push_back(
             {b, kh, begin, end, (end - begin) * (span + 1), by_keys ? end - begin : span});
@@ -184,11 +201,19 @@ void run_items(const std::vector<Item>& items, Scratch&& scratch_doubles, Body&&
 
 void attention_forward_cpu(const AttentionParams& p) {
   const TileKernels& k = tile_kernels();
-  const std::vector<Item> items = make_items(p, false);
+  const std::vector<Item> items = make_items(p, false, false, true);
   run_items(
-      items, [&](const Item& it) { return k.forward_scratch(p.head_dim, it.keys); },
+      items,
+      [&](const Item& it) {
+        return it.kh < 0 ? k.forward_stream_scratch(p.head_dim, p.kv_heads)
+                         : k.forward_scratch(p.head_dim, it.keys);
+      },
       [&](const Item& it, double* work) {
-        k.forward_item(p, sequence(p, it.b), it.kh, it.begin, it.end, work);
+        if (it.kh < 0) {
+          k.forward_stream_item(p, sequence(p, it.b), it.begin, it.end, work);
+        } else {
+          k.forward_item(p, sequence(p, it.b), it.kh, it.begin, it.end, work);
+        }
       });
 }
 

@@ -199,6 +199,10 @@ INSTANTIATE_TEST_SUITE_P(
         // Longer than one key block (256) and one work item (256 rows).
         RefCase{"long_causal_f32", make_case(kF32, 2, 1, 20, {300, 530}, {300, 530}, true)},
         RefCase{"long_target_f16", make_case(kF16, 2, 2, 64, {5, 1}, {700, 3}, false)},
+        // Target candidates streamed over every head (forward_stream_item):
+        // GQA, causal with Lq < Lk, several key blocks and a ragged last chunk.
+        RefCase{"long_target_gqa_causal_f32",
+                make_case(kF32, 4, 2, 20, {3, 16, 1}, {600, 300, 17}, true)},
         RefCase{"long_window_bf16",
                 make_case(kBF16, 3, 3, 33, {280, 17}, {600, 17}, false, 300, 40)}),
     [](const ::testing::TestParamInfo<RefCase>& case_info) {

@@ -669,6 +669,15 @@ RouteCombine make_combine(const Collection& c, const CallInputs& in, char* ws) {
   return k;
 }
 
+// Rank p's exchanged rows in the workspace: [Bm, dim_a[p]] of the output /
+// grad dtype (4-byte slots), then float32 [Bm, dim_b[p]] (route.h's
+// RouteDeviceRows reads the same layout on the device).
+char* rows_a_of(const Collection& c, char* ws, size_t p) { return ws + c.ws.back_at[p]; }
+float* rows_b_of(const Collection& c, char* ws, size_t p) {
+  return reinterpret_cast<float*>(rows_a_of(c, ws, p) +
+                                  static_cast<size_t>(c.max_batch * c.layout.dim_a[p]) * 4);
+}
+
 RouteDeviceRows device_rows(const Collection& c, char* ws) {
   return RouteDeviceRows{ws, c.device_layout.back_at, c.max_batch};
 }
@@ -997,13 +1006,13 @@ extern "C" spembed_status_t spembed_sharded_collection_forward(
       c.sends.push_back({peer, rows_b + static_cast<size_t>(first * dim_b) * 4,
                          static_cast<size_t>(b * dim_b) * 4});
       first += b;
-      char* back = ws + c.ws.back_at[p];
-      char* back_b = back + static_cast<size_t>(c.max_batch * c.layout.dim_a[p]) * 4;
+      char* back = rows_a_of(c, ws, p);
+      float* back_b = rows_b_of(c, ws, p);
       c.recvs.push_back({peer, status_recv + p, sizeof(int64_t)});
       c.recvs.push_back({peer, back, static_cast<size_t>(in.batch * c.layout.dim_a[p]) * esize});
       c.recvs.push_back({peer, back_b, static_cast<size_t>(in.batch * c.layout.dim_b[p]) * 4});
       c.pooled_a[p] = back;
-      c.pooled_b[p] = reinterpret_cast<const float*>(back_b);
+      c.pooled_b[p] = back_b;
     }
     SPEMBED_RETURN_IF_ERROR(
         c.comm->exchange(c.sends.data(), c.sends.size(), c.recvs.data(), c.recvs.size(), stream));
@@ -1109,10 +1118,8 @@ extern "C" spembed_status_t spembed_sharded_collection_backward(
     char* rows_a = ws + c.ws.rows_a;
     char* rows_b = ws + c.ws.rows_b;
     for (size_t p = 0; p < W; ++p) {
-      char* back = ws + c.ws.back_at[p];
-      c.grad_a[p] = back;
-      c.grad_b[p] =
-          reinterpret_cast<float*>(back + static_cast<size_t>(c.max_batch * c.layout.dim_a[p]) * 4);
+      c.grad_a[p] = rows_a_of(c, ws, p);
+      c.grad_b[p] = rows_b_of(c, ws, p);
     }
     const RouteCombine split = make_combine(c, in, ws);
     if (c.cuda) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """spembed's CPU path side by side with torch's on CPU tensors, in one run.
 
-  forward            spembed.ops.embedding_bag            vs F.embedding_bag
+  forward            spembed.ops.embedding_bag            vs F.embedding_bag (same table)
+  module forward     spembed.nn.EmbeddingBag              vs torch.nn.EmbeddingBag (own tables)
   fwd + bwd + step   EmbeddingBagCollection(optimizer=)   vs F.embedding_bag(sparse=True)
                      (fused SGD / Adagrad)                   + torch.optim.SGD / Adagrad
   table-batched      EmbeddingBagCollection (T tables)    vs T F.embedding_bag calls + cat
@@ -99,6 +100,25 @@ def bench_forward(rep, gen, reps, quick):
         rep.add("fwd sum", shape, ours, theirs, ids.numel() * dim * weight.element_size())
 
 
+def bench_module_forward(rep, gen, reps, quick):
+    """The drop-in view: spembed.nn.EmbeddingBag vs torch.nn.EmbeddingBag, each
+    module with its own table (spembed's on huge pages, torch's in its
+    allocator's memory), same values."""
+    import spembed
+    rows, dim, batch, pool = 1 << 20, 64, 4096, 20
+    for dist in ("uniform",) if quick else ("uniform", "zipf_1.2"):
+        ids = make_ids(dist, batch * pool, rows, gen)
+        offs = torch.arange(0, batch * pool + 1, pool)
+        ours_module = spembed.nn.EmbeddingBag(rows, dim, mode="sum", include_last_offset=True)
+        theirs_module = torch.nn.EmbeddingBag(rows, dim, mode="sum", include_last_offset=True)
+        with torch.no_grad():
+            theirs_module.weight.copy_(ours_module.weight)
+            ours = best_of(lambda: ours_module(ids, offs), reps)
+            theirs = best_of(lambda: theirs_module(ids, offs), reps)
+        rep.add("module fwd sum", f"rows {rows}, D {dim}, B {batch}, L {pool}, {dist}, fp32",
+                ours, theirs, ids.numel() * dim * 4, torch_impl="torch.nn.EmbeddingBag")
+
+
 def bench_train_step(rep, gen, reps, quick):
     import spembed
     rows, dim, batch, pool = 1 << 20, 64, 4096, 20
@@ -131,7 +151,9 @@ def bench_batched(rep, gen, reps, quick):
     feats = [(make_ids("uniform", batch * pool, r, gen), torch.arange(0, batch * pool + 1, pool))
              for r, _ in tables]
     ebc = spembed.nn.EmbeddingBagCollection(tables)
-    ws = [w.detach() for w in ebc.weights]
+    # torch.nn.EmbeddingBag modules would each own their table: copies, in
+    # torch's allocation (the collection's own are on huge pages).
+    ws = [w.detach().clone() for w in ebc.weights]
     with torch.no_grad():
         ours = best_of(lambda: ebc(feats), reps)
         theirs = best_of(lambda: torch.cat([F.embedding_bag(i, w, o, include_last_offset=True,
@@ -178,7 +200,8 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="a few shapes only")
-    p.add_argument("--only", choices=["forward", "train", "batched", "attention"], default=None)
+    p.add_argument("--only", choices=["forward", "module", "train", "batched", "attention"],
+                   default=None)
     p.add_argument("--cpu-time", action="store_true",
                    help="time with process CPU time (shared machines; use with --threads 1)")
     p.add_argument("--json", default=None, help="also write JSON lines here")
@@ -195,8 +218,8 @@ def main():
         CLOCK[0] = time.process_time
     gen = torch.Generator().manual_seed(0)
     rep = Report(args.json)
-    benches = dict(forward=bench_forward, train=bench_train_step, batched=bench_batched,
-                   attention=bench_attention)
+    benches = dict(forward=bench_forward, module=bench_module_forward, train=bench_train_step,
+                   batched=bench_batched, attention=bench_attention)
     for name, fn in benches.items():
         if args.only in (None, name):
             fn(rep, gen, args.reps, args.quick)

@@ -56,12 +56,23 @@ inline vdouble vload(const double* p) {
   return v;
 }
 inline vfloat vload(const bf16_t* p) {
+#if SPEMBED_CPU_ISA_LEVEL == 2
+  // (spelled out: GCC widens the generic form below in two halves; masked
+  // forms, as GCC 12 warns about the unmasked ones' undefined sources)
+  const __m512i wide =
+      _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return reinterpret_cast<vfloat>(_mm512_maskz_slli_epi32(0xffff, wide, 16));
+#elif SPEMBED_CPU_ISA_LEVEL == 1
+  return reinterpret_cast<vfloat>(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+#else
   vhalfbits h;
   std::memcpy(&h, p, sizeof(h));
   const vbits u = __builtin_convertvector(h, vbits) << 16;  // bf16 is float's top half
   vfloat v;
   std::memcpy(&v, &u, sizeof(v));
   return v;
+#endif
 }
 inline vfloat vload(const f16_t* p) {
 #if SPEMBED_CPU_ISA_LEVEL == 2

@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include "embedding_bag_ops.h"
+#include "huge_pages.h"
 
 namespace spembed_torch {
 namespace {
@@ -164,6 +165,8 @@ TORCH_LIBRARY(spembed, m) {
   m.def("varlen_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, "
         "Tensor lse, Tensor cu_seqlens_q, Tensor cu_seqlens_k, bool causal, float scale, "
         "int window_left, int window_right, bool deterministic=True) -> (Tensor, Tensor, Tensor)");
+  // -> a contiguous copy of a CPU tensor, on transparent huge pages from 2 MiB on (CPU only).
+  m.def("to_huge_pages(Tensor src) -> Tensor");
 }
 
 // One implementation serves both devices: the tensors' device picks the
@@ -181,5 +184,8 @@ TORCH_LIBRARY(spembed, m) {
   m.impl("varlen_attention", &spembed_torch::varlen_attention);                               \
   m.impl("varlen_attention_backward", &spembed_torch::varlen_attention_backward)
 
-TORCH_LIBRARY_IMPL(spembed, CPU, m) { SPEMBED_IMPLS(m); }
+TORCH_LIBRARY_IMPL(spembed, CPU, m) {
+  SPEMBED_IMPLS(m);
+  m.impl("to_huge_pages", &spembed_torch::to_huge_pages);
+}
 TORCH_LIBRARY_IMPL(spembed, CUDA, m) { SPEMBED_IMPLS(m); }

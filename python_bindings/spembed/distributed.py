@@ -20,7 +20,7 @@ from torch import Tensor
 from . import ops as _ops
 from .errors import (IndexOutOfRangeError, InvalidArgumentError, NotSupportedError)
 from .nn import (TableSpec, batched_fused_step, check_optimizer, fused_hparams, init_table,
-                 optimizer_state_shapes, to_table_major)
+                 on_huge_pages, optimizer_state_shapes, to_table_major)
 
 __all__ = ["TABLE_WISE", "ROW_WISE", "PlanEntry", "Shard", "propose_plan", "local_shards",
            "ShardedEmbeddingBagCollection"]
@@ -284,12 +284,12 @@ class ShardedEmbeddingBagCollection(torch.nn.Module):
         for i, s in enumerate(mine):
             gen = torch.Generator().manual_seed(init_seed + s.table)
             full = init_table(specs[s.table][0], s.dim, padding_idx, dtype=dtype, generator=gen)
-            w = full[s.first_row:s.first_row + s.rows].to(self.device).clone()
+            w = on_huge_pages(full[s.first_row:s.first_row + s.rows].to(self.device).clone())
             self.register_parameter(f"shard_{i}", torch.nn.Parameter(w, requires_grad=False))
             if optimizer is not None:
                 for which, size in optimizer_state_shapes(optimizer, w.shape):
-                    self.register_buffer(f"state{which}_{i}", torch.zeros(
-                        size, device=self.device, dtype=torch.float32))
+                    self.register_buffer(f"state{which}_{i}", on_huge_pages(torch.zeros(
+                        size, device=self.device, dtype=torch.float32)))
         if optimizer is not None:
             self.hparams = fused_hparams(lr, eps, betas, weight_decay, seed, stochastic_rounding)
         self.step = 0

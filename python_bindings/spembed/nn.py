@@ -59,8 +59,8 @@ class EmbeddingBag(torch.nn.Module):
                 padding_idx += num_embeddings
         self.padding_idx = padding_idx
         if _weight is None:
-            self.weight = torch.nn.Parameter(
-                torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+            self.weight = torch.nn.Parameter(on_huge_pages(
+                torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype)))
             self.reset_parameters()
         else:
             if list(_weight.shape) != [num_embeddings, embedding_dim]:
@@ -152,10 +152,20 @@ def optimizer_state_shapes(optimizer: str, shape) -> List[Tuple[int, Tuple[int, 
             for which, kind in enumerate(states, start=1) if kind is not None]
 
 
+def on_huge_pages(t: Tensor) -> Tensor:
+    """t, or for a CPU tensor of 2 MiB or more a contiguous copy on transparent
+    huge pages: what the modules do with the tables and optimizer states they
+    create (a lookup into a large CPU table otherwise waits on page walks;
+    docs/python.md)."""
+    if t.device.type != "cpu" or t.numel() * t.element_size() < (2 << 20):
+        return t
+    return torch.ops.spembed.to_huge_pages(t)
+
+
 def init_table(rows: int, dim: int, padding_idx: Optional[int], device=None, dtype=None,
                generator: Optional[torch.Generator] = None) -> Tensor:
     """A table as EmbeddingBagCollection initialises it: uniform in
-    +-sqrt(1 / rows), the padding row zero."""
+    +-sqrt(1 / rows), the padding row zero; on huge pages on the CPU."""
     w = torch.empty(rows, dim, device=device, dtype=dtype)
     bound = (1.0 / rows) ** 0.5
     if generator is None:
@@ -166,7 +176,7 @@ def init_table(rows: int, dim: int, padding_idx: Optional[int], device=None, dty
     if padding_idx is not None and padding_idx < rows:
         with torch.no_grad():
             w[padding_idx] = 0
-    return w
+    return on_huge_pages(w)
 
 
 def batched_fused_step(weights, states1, states2, grad_output, indices, offsets, psw, argmax,
@@ -280,8 +290,8 @@ class EmbeddingBagCollection(torch.nn.Module):
             self.step = 0
             for t, w in enumerate(self.weights):
                 for which, size in optimizer_state_shapes(optimizer, w.shape):
-                    self.register_buffer(f"state{which}_{t}", torch.zeros(
-                        size, device=w.device, dtype=_ops.acc_dtype(w.dtype)))
+                    self.register_buffer(f"state{which}_{t}", on_huge_pages(torch.zeros(
+                        size, device=w.device, dtype=_ops.acc_dtype(w.dtype))))
             # Makes the output require grad so that the backward (the fused
             # step) runs; it never receives a gradient.
             self._trigger = torch.zeros((), requires_grad=True)

@@ -146,3 +146,44 @@ def test_collection_bad_inputs():
         spembed.nn.EmbeddingBagCollection(TABLES, optimizer="lamb")
     with pytest.raises(NotImplementedError):
         spembed.nn.EmbeddingBagCollection(TABLES, mode="none")
+
+
+HUGE_PAGE = 2 << 20
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_to_huge_pages_copies_and_aligns(dtype):
+    # 2 MiB and up: a contiguous copy starting on a 2 MiB boundary; below: an
+    # ordinary copy. Contents equal either way, and the copy is independent.
+    for rows in (HUGE_PAGE // (8 * 4) + 3, 5):
+        src = torch.randn(rows, 8, dtype=torch.float64).to(dtype)
+        out = torch.ops.spembed.to_huge_pages(src)
+        assert out.dtype == dtype and out.shape == src.shape and out.is_contiguous()
+        assert torch.equal(out, src) and out.data_ptr() != src.data_ptr()
+        if src.numel() * src.element_size() >= HUGE_PAGE:
+            assert out.data_ptr() % HUGE_PAGE == 0
+        out.add_(1)
+        assert not torch.equal(out, src)
+    strided = torch.randn(HUGE_PAGE // 4, 2)[:, 1]  # not contiguous: copied compactly
+    assert torch.equal(torch.ops.spembed.to_huge_pages(strided), strided)
+
+
+def test_modules_put_large_cpu_tables_and_states_on_huge_pages():
+    rows = HUGE_PAGE // (16 * 4) + 1  # just over 2 MiB of float32 rows of 16
+    ebc = spembed.nn.EmbeddingBagCollection([(rows, 16), (10, 4)], optimizer="adagrad")
+    assert ebc.weights[0].data_ptr() % HUGE_PAGE == 0
+    assert ebc.state1_0.data_ptr() % HUGE_PAGE == 0 and float(ebc.state1_0.abs().sum()) == 0
+    eb = spembed.nn.EmbeddingBag(rows, 16, mode="sum")
+    assert eb.weight.data_ptr() % HUGE_PAGE == 0 and eb.weight.requires_grad
+    # A table handed in (_weight) is used as it is, as torch does.
+    given = torch.randn(rows, 16)
+    assert spembed.nn.EmbeddingBag(rows, 16, _weight=given).weight.data_ptr() == given.data_ptr()
+    # Lookups and the fused step work on them as on any table.
+    ids = torch.randint(0, rows, (40,))
+    offs = torch.arange(0, 41, 4)
+    ref = F.embedding_bag(ids, eb.weight.detach(), offs, mode="sum", include_last_offset=True)
+    eb.include_last_offset = True
+    torch.testing.assert_close(eb(ids, offs), ref)
+    before = ebc.weights[0].detach().clone()
+    ebc([(ids, offs), (torch.randint(0, 10, (40,)), offs)]).sum().backward()
+    assert not torch.equal(before, ebc.weights[0].detach())

@@ -544,6 +544,30 @@ TEST_F(ForwardValidation, OffsetsMustBeNonDecreasingInt32) {
   expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {"offsets[7]=12 > offsets[8]=9"}, false);
 }
 
+// The check runs in blocks of bags; the first decrease is the one named,
+// whichever block it is in and whatever later blocks hold.
+TEST_F(ForwardValidation, FirstDecreasingOffsetAcrossBlocks) {
+  constexpr int64_t kBags = 10000;
+  std::vector<int64_t> ids(kBags), offs(kBags + 1);
+  for (int64_t b = 0; b <= kBags; ++b) offs[b] = b;  // one id per bag
+  for (int64_t i = 0; i < kBags; ++i) ids[i] = i % 10;
+  offs[9000] = 9005;  // a later decrease, in another block
+  for (const int64_t first : {int64_t{4095}, int64_t{5000}, int64_t{8191}}) {
+    std::vector<int64_t> with_first = offs;
+    with_first[first] = first + 2;  // offsets[first] > offsets[first + 1]
+    HostTensor idx = make_index_tensor(kI64, ids);
+    HostTensor o = make_index_tensor(kI64, with_first);
+    output_ = HostTensor(kF32, {kBags, 4});
+    indices = idx.dl();
+    offsets = o.dl();
+    output = output_.dl();
+    const std::string want = "offsets[" + std::to_string(first) + "]=" + std::to_string(first + 2) +
+                             " > offsets[" + std::to_string(first + 1) +
+                             "]=" + std::to_string(first + 1);
+    expect_rejected(SPEMBED_STATUS_INVALID_ARGUMENT, {want}, false);
+  }
+}
+
 TEST_F(ForwardValidation, NegativeOffset) {
   HostTensor offs = make_index_tensor(kI64, {0, -1, 2, 6});
   offsets = offs.dl();

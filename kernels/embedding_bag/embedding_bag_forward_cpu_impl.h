@@ -98,6 +98,32 @@ class Forward {
     return static_cast<const T*>(t.data) + id * t.row_stride;
   }
 
+  // Adds columns [col, col + kNv * kL) of row ids_[i] (times its weight) to
+  // acc; with kPrefetch also prefetches the same bytes at `ahead`, one line
+  // after each vector that starts one (the prefetches spread over the loads
+  // instead of queueing in a burst).
+  template <int kNv, bool kWeighted, bool kChecked, bool kPrefetch>
+  SPEMBED_CPU_INLINE void add_row(const TableMeta& t, const T* base, int64_t i, const char* ahead,
+                                  V (&acc)[kNv]) const {
+    constexpr int64_t kStep = kL * static_cast<int64_t>(sizeof(T));  // bytes of T per vector
+    const auto id = static_cast<int64_t>(ids_[i]);
+    if (kChecked && !valid(id, t.rows)) {
+      if (kPrefetch) prefetch_bytes(ahead, kNv * kStep);
+      return;
+    }
+    const T* r = base + id * t.row_stride;
+    [[maybe_unused]] V w;
+    if constexpr (kWeighted) w = vbroadcast<V>(weights_[i]);
+    for (int v = 0; v < kNv; ++v) {
+      if constexpr (kWeighted) {
+        acc[v] = acc[v] + w * vload(r + v * kL);
+      } else {
+        acc[v] = acc[v] + vload(r + v * kL);
+      }
+      if (kPrefetch && v * kStep % 64 == 0) __builtin_prefetch(ahead + v * kStep, 0, 3);
+    }
+  }
+
   // Sums columns [col, col + kNv * kL) of one bag into acc. Ids in
   // [first, last); rows of ids in [last, prefetch_end) are prefetched too
   // (the next bags').
@@ -106,38 +132,16 @@ class Forward {
                                      int64_t prefetch_end, int32_t col, V (&acc)[kNv]) const {
     for (int v = 0; v < kNv; ++v) acc[v] = V{};
     const T* base = static_cast<const T*>(t.data) + col;
-    constexpr int64_t kStep = kL * static_cast<int64_t>(sizeof(T));  // bytes of T per vector
-    // Adds row ids_[i]; with kPrefetch also prefetches the row at `ahead`,
-    // one line after each vector that starts one (as the rows stream, the
-    // prefetches spread over the loads instead of queueing in a burst).
-    auto add = [&](int64_t i, auto prefetch, const char* ahead) {
-      constexpr bool kPrefetch = decltype(prefetch)::value;
-      const auto id = static_cast<int64_t>(ids_[i]);
-      if (kChecked && !valid(id, t.rows)) {
-        if (kPrefetch) prefetch_bytes(ahead, kNv * kStep);
-        return;
-      }
-      const T* r = base + id * t.row_stride;
-      [[maybe_unused]] V w;
-      if constexpr (kWeighted) w = vbroadcast<V>(weights_[i]);
-      for (int v = 0; v < kNv; ++v) {
-        if constexpr (kWeighted) {
-          acc[v] = acc[v] + w * vload(r + v * kL);
-        } else {
-          acc[v] = acc[v] + vload(r + v * kL);
-        }
-        if (kPrefetch && v * kStep % 64 == 0) __builtin_prefetch(ahead + v * kStep, 0, 3);
-      }
-    };
     // Two loops, so that the one over most ids has no per-id test of whether
     // an id kPrefetchIds ahead exists.
     const int64_t prefetched = std::max(first, std::min(last, prefetch_end - kPrefetchIds));
     int64_t i = first;
     for (; i < prefetched; ++i) {
-      add(i, std::true_type{},
-          row_address(base, static_cast<int64_t>(ids_[i + kPrefetchIds]), t.row_stride));
+      add_row<kNv, kWeighted, kChecked, true>(
+          t, base, i, row_address(base, static_cast<int64_t>(ids_[i + kPrefetchIds]), t.row_stride),
+          acc);
     }
-    for (; i < last; ++i) add(i, std::false_type{}, nullptr);
+    for (; i < last; ++i) add_row<kNv, kWeighted, kChecked, false>(t, base, i, nullptr, acc);
   }
 
   // Output columns [col, col + kNv * kL) of one bag (see accumulate).
@@ -164,7 +168,17 @@ class Forward {
       const int64_t first = last;
       last = bag_begin(g + 1);
       V acc[kNv];
-      accumulate<kNv, kWeighted, false>(t, first, last, prefetch_end, 0, acc);
+      if (last - first == 1 && first + kPrefetchIds < prefetch_end) {
+        // A bag of one id (single-valued features), with accumulate's sum
+        // (+0 plus the row) and prefetch, without its loops.
+        const T* base = static_cast<const T*>(t.data);
+        for (int v = 0; v < kNv; ++v) acc[v] = V{};
+        add_row<kNv, kWeighted, false, true>(
+            t, base, first,
+            row_address(base, static_cast<int64_t>(ids_[first + kPrefetchIds]), t.row_stride), acc);
+      } else {
+        accumulate<kNv, kWeighted, false>(t, first, last, prefetch_end, 0, acc);
+      }
       if (mean && last - first > 1) {  // block()'s divisor != 1
         const V d = vbroadcast<V>(static_cast<A>(last - first));
         for (int v = 0; v < kNv; ++v) acc[v] = acc[v] / d;

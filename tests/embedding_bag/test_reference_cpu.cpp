@@ -690,11 +690,11 @@ TEST_F(Numerics, OutputRoundsToNearestEven) {
 // vectors (every id contributes) and on the general one (a padding id).
 TEST_F(Numerics, SixteenBitOutputsRoundLikeTheScalarConversions) {
   constexpr int64_t kDim = 64;  // whole vectors on every instruction set
-  const uint32_t special[] = {
-      0x7f800001u, 0xffc12345u, 0x7fa00000u, 0x7fffffffu, 0x7f800000u, 0xff800000u,
-      0x477fefffu, 0x477ff000u, 0xc77ff000u, 0x7f7fffffu, 0x00000001u, 0x807fffffu,
-      0x33000000u, 0x33400000u, 0x38800000u, 0x387fffffu, 0x3f801000u, 0x3f803000u,
-      0x3f808000u, 0x3f818000u, 0x80000000u, 0x00000000u, 0x3eaaaaabu, 0xc2c80001u};
+  const uint32_t special[] = {0x7f800001u, 0xffc12345u, 0x7fa00000u, 0x7fffffffu, 0x7f800000u,
+                              0xff800000u, 0x477fefffu, 0x477ff000u, 0xc77ff000u, 0x7f7fffffu,
+                              0x00000001u, 0x807fffffu, 0x33000000u, 0x33400000u, 0x38800000u,
+                              0x387fffffu, 0x3f801000u, 0x3f803000u, 0x3f808000u, 0x3f818000u,
+                              0x80000000u, 0x00000000u, 0x3eaaaaabu, 0xc2c80001u};
   const int64_t rows = 8;
   std::vector<uint32_t> bits(static_cast<size_t>(rows * kDim));
   Rng rng(7);
@@ -712,10 +712,10 @@ TEST_F(Numerics, SixteenBitOutputsRoundLikeTheScalarConversions) {
     opts.padding_idx = padding_idx;
     auto run = [&](DLDataType out_t) {
       HostTensor out(out_t, {rows, kDim});
-      EXPECT_EQ(spembed_embedding_bag_forward(handle_.get(), tab.dl(), idx.dl(), offs.dl(),
-                                              nullptr, &opts, out.dl(), nullptr, nullptr, nullptr,
-                                              0, nullptr),
-                SPEMBED_STATUS_SUCCESS)
+      EXPECT_EQ(
+          spembed_embedding_bag_forward(handle_.get(), tab.dl(), idx.dl(), offs.dl(), nullptr,
+                                        &opts, out.dl(), nullptr, nullptr, nullptr, 0, nullptr),
+          SPEMBED_STATUS_SUCCESS)
           << spembed_last_error();
       return out;
     };
@@ -884,6 +884,49 @@ std::vector<RandomParam> random_params() {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, RandomVsReference, ::testing::ValuesIn(random_params()),
                          random_name);
+
+// Every id valid and no padding: the forward's loops for rows of whole
+// vectors (dims 8 to 128 on each instruction set), with runs of one-id bags
+// (single-valued features) between longer ones, weighted or not.
+TEST(AllIdsContribute, MatchesReference) {
+  Handle handle;
+  ASSERT_EQ(handle.create_status(), SPEMBED_STATUS_SUCCESS);
+  const std::pair<DLDataType, DLDataType> dtypes[] = {{kF32, kF32}, {kBF16, kBF16}, {kF16, kF32}};
+  for (const auto& [table, out] : dtypes) {
+    for (const spembed_pooling_t pooling : {SPEMBED_POOLING_SUM, SPEMBED_POOLING_MEAN}) {
+      for (const bool weighted : {false, true}) {
+        if (weighted && pooling != SPEMBED_POOLING_SUM) continue;
+        for (const int64_t dim : {8, 16, 32, 64, 128}) {
+          ProblemSpec s;
+          s.table_dtype = table;
+          s.out_dtype = out;
+          s.index_dtype = dim % 32 == 0 ? kI32 : kI64;
+          s.pooling = pooling;
+          s.weighted = weighted;
+          s.dims = {dim};
+          s.rows = 300;
+          s.bag_lengths.clear();
+          for (int run = 0; run < 6; ++run) {
+            s.bag_lengths.insert(s.bag_lengths.end(), 20, 1);
+            s.bag_lengths.push_back(run * 3);
+          }
+          s.padding_idx = -1;
+          s.padding_fraction = 0;
+          s.bad_id_fraction = 0;
+          s.data = DataKind::kReal;
+          s.seed = static_cast<uint64_t>(dim * 131 + (weighted ? 7 : 0) + pooling * 17);
+          Problem p = make_problem(s);
+          const auto before = p.output.bytes();
+          ASSERT_EQ(run_forward_cpu(handle.get(), p), SPEMBED_STATUS_SUCCESS)
+              << spembed_last_error();
+          EXPECT_EQ(check_output("cpu", p.output, before, p.expected), 0)
+              << dtype_name(table) << " -> " << dtype_name(out) << " " << pooling_name(pooling)
+              << (weighted ? " weighted" : "") << " dim " << dim;
+        }
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace spembed_test

@@ -49,6 +49,13 @@ spembed_status_t spembed_set_num_threads(int threads) {
   });
 }
 
+spembed_status_t spembed_set_cpu_parallel_runner(spembed_parallel_runner_t runner, void* user) {
+  return guarded("spembed_set_cpu_parallel_runner", [&] {
+    spembed::detail::set_cpu_parallel_runner(runner, user);
+    return SPEMBED_STATUS_SUCCESS;
+  });
+}
+
 spembed_status_t spembed_get_num_threads(int* threads) {
   return guarded("spembed_get_num_threads", [&] {
     if (threads == nullptr)

@@ -139,6 +139,22 @@ spembed_status_t spembed_set_num_threads(int threads);
 /* The thread count CPU calls use now (never below 1). */
 spembed_status_t spembed_get_num_threads(int* threads);
 
+/* One piece of a CPU parallel region: runs piece `index` of the region `context`. */
+typedef void (*spembed_parallel_task_t)(void* context, int64_t index);
+/* Runs task(context, i) exactly once for every i in [0, n), on any threads of
+ * its choosing, and returns when all have returned. */
+typedef void (*spembed_parallel_runner_t)(int64_t n, spembed_parallel_task_t task, void* context,
+                                          void* user);
+/* Runs the CPU implementation's parallel regions on the caller's threads
+ * instead of spembed's own pool: a framework's OpenMP threads, say, which
+ * otherwise spin on the cores spembed's threads need (the torch op layer
+ * installs torch's at::parallel_for). Regions with more than one piece and
+ * more than one thread (spembed_set_num_threads) go to runner(..., user);
+ * the pieces are what spembed's pool would run, so results are the same.
+ * NULL restores spembed's pool. Set it before CPU calls start, not while
+ * other threads make them. */
+spembed_status_t spembed_set_cpu_parallel_runner(spembed_parallel_runner_t runner, void* user);
+
 /* A handle binds to the current CUDA device if one is usable, else to the CPU
  * only. It allocates nothing on the device. */
 spembed_status_t spembed_create(spembed_handle_t* handle);

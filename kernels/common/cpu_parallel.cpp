@@ -121,10 +121,42 @@ void set_cpu_threads(int threads) {
   g_threads_override.store(std::max(0, threads), std::memory_order_relaxed);
 }
 
+namespace {
+
+using Runner = void (*)(int64_t, void (*)(void*, int64_t), void*, void*);
+std::atomic<Runner> g_runner{nullptr};
+std::atomic<void*> g_runner_user{nullptr};
+
+// A region handed to the runner: each piece runs marked as inside a region,
+// so that a parallel_for within it runs inline, as on the pool.
+struct RunnerRegion {
+  void (*chunk)(void*, int64_t);
+  void* context;
+  static void piece(void* raw, int64_t i) {
+    const auto* region = static_cast<const RunnerRegion*>(raw);
+    const bool outer = t_in_region;
+    t_in_region = true;
+    region->chunk(region->context, i);
+    t_in_region = outer;
+  }
+};
+
+}  // namespace
+
+void set_cpu_parallel_runner(Runner runner, void* user) {
+  g_runner_user.store(user, std::memory_order_relaxed);
+  g_runner.store(runner, std::memory_order_release);
+}
+
 void run_chunks(int64_t chunks, int threads, void (*chunk)(void*, int64_t), void* context) {
   if (chunks <= 0) return;
-  if (threads > 1 && chunks > 1 && !t_in_region && pool().run(chunks, threads, chunk, context)) {
-    return;
+  if (threads > 1 && chunks > 1 && !t_in_region) {
+    if (const Runner runner = g_runner.load(std::memory_order_acquire)) {
+      RunnerRegion region{chunk, context};
+      runner(chunks, &RunnerRegion::piece, &region, g_runner_user.load(std::memory_order_relaxed));
+      return;
+    }
+    if (pool().run(chunks, threads, chunk, context)) return;
   }
   for (int64_t i = 0; i < chunks; ++i) chunk(context, i);
 }

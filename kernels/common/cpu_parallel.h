@@ -25,8 +25,14 @@ int cpu_threads();
 // 0 (or less) returns to the default above.
 void set_cpu_threads(int threads);
 
+// Parallel regions go to `runner` (with `user`) instead of the pool; null:
+// the pool (spembed_set_cpu_parallel_runner).
+void set_cpu_parallel_runner(void (*runner)(int64_t, void (*)(void*, int64_t), void*, void*),
+                             void* user);
+
 // Runs chunk(context, i) for every i in [0, chunks) on up to `threads`
-// threads, the caller included; returns when all have run.
+// threads, the caller included (or on the installed runner's threads);
+// returns when all have run.
 void run_chunks(int64_t chunks, int threads, void (*chunk)(void*, int64_t), void* context);
 
 // Calls body(begin, end) over [0, n) in contiguous ranges of at least

@@ -187,3 +187,29 @@ def test_modules_put_large_cpu_tables_and_states_on_huge_pages():
     before = ebc.weights[0].detach().clone()
     ebc([(ids, offs), (torch.randint(0, 10, (40,)), offs)]).sum().backward()
     assert not torch.equal(before, ebc.weights[0].detach())
+
+
+def test_cpu_results_do_not_depend_on_torch_threads():
+    # spembed's CPU regions run on torch's threads (at::parallel_for): the
+    # forward, the dense backward and a fused step give the same bits for any
+    # torch.set_num_threads.
+    before = torch.get_num_threads()
+    tables = [(5000, 32), (300, 16)]
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            torch.manual_seed(3)
+            ebc = spembed.nn.EmbeddingBagCollection(tables, optimizer="adagrad", lr=0.1)
+            feats = [random_bags(2000, rows, 40, torch.int64, "cpu")[:2] for rows, _ in tables]
+            out = ebc(feats)
+            out.backward(torch.randn_like(out))
+            dense = spembed.nn.EmbeddingBagCollection(tables)
+            dense(feats).sum().backward()
+            results.append([out.detach(), ebc.weights[0].detach().clone(), ebc.state1_0.clone(),
+                            dense.weights[0].grad.clone()])
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)

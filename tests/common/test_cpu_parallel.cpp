@@ -101,5 +101,48 @@ TEST(CpuParallel, ConcurrentCallersEachGetAllTheirWork) {
   set_cpu_threads(0);
 }
 
+// A runner that runs the pieces of a region on threads of its own, last piece
+// first, and counts the regions it was given.
+std::atomic<int> g_regions{0};
+void reverse_runner(int64_t n, void (*task)(void*, int64_t), void* context, void*) {
+  g_regions.fetch_add(1);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([=] {
+      for (int64_t i = n - 1 - t; i >= 0; i -= 2) task(context, i);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+}
+
+TEST(CpuParallel, InstalledRunnerGetsTheRegions) {
+  set_cpu_threads(3);
+  set_cpu_parallel_runner(&reverse_runner, nullptr);
+  g_regions = 0;
+  for (int64_t n : {int64_t{7}, int64_t{1000}, int64_t{100003}}) {
+    const auto counts = visit_counts(n, 1);
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(counts[static_cast<size_t>(i)], 1) << i;
+  }
+  EXPECT_EQ(g_regions.load(), 3);
+  // Regions inside a piece run inline, not through the runner again.
+  std::atomic<int64_t> total{0};
+  parallel_for(64, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      parallel_for(100, 1, [&](int64_t b, int64_t e) { total.fetch_add(e - b); });
+    }
+  });
+  EXPECT_EQ(total.load(), 64 * 100);
+  EXPECT_EQ(g_regions.load(), 4);
+  // One thread, or null (the pool again): the runner is not called.
+  set_cpu_threads(1);
+  visit_counts(1000, 1);
+  set_cpu_threads(3);
+  set_cpu_parallel_runner(nullptr, nullptr);
+  const auto counts = visit_counts(1000, 1);
+  EXPECT_EQ(std::count(counts.begin(), counts.end(), 1), 1000);
+  EXPECT_EQ(g_regions.load(), 4);
+  set_cpu_threads(0);
+}
+
 }  // namespace
 }  // namespace spembed::detail

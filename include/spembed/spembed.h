@@ -147,8 +147,7 @@ typedef void (*spembed_parallel_runner_t)(int64_t n, spembed_parallel_task_t tas
                                           void* user);
 /* Runs the CPU implementation's parallel regions on the caller's threads
  * instead of spembed's own pool: a framework's OpenMP threads, say, which
- * otherwise spin on the cores spembed's threads need (the torch op layer
- * installs torch's at::parallel_for). Regions with more than one piece and
+ * otherwise spin on the cores spembed's threads need. Regions with more than one piece and
  * more than one thread (spembed_set_num_threads) go to runner(..., user);
  * the pieces are what spembed's pool would run, so results are the same.
  * NULL restores spembed's pool. Set it before CPU calls start, not while

@@ -60,29 +60,10 @@ std::mutex g_handles_mutex;
 std::array<spembed_handle_t, kMaxDevices> g_cuda_handles{};
 spembed_handle_t g_cpu_handle = nullptr;
 
-// spembed's CPU regions run on torch's threads (at::parallel_for), not on a
-// pool of spembed's own: torch's OpenMP threads spin for a while after each
-// torch op, and a second pool's threads would wait for those cores (a fused
-// training step measured 2x slower on 2 threads than on 1 that way). Each of
-// torch's threads claims pieces until none are left, so uneven pieces
-// balance as on spembed's pool.
-void run_on_torch_threads(int64_t n, spembed_parallel_task_t task, void* context, void*) {
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(context, i);
-  });
-}
-
 // torch.set_num_threads governs spembed's CPU threads too: the count is
 // passed on before each CPU call, and only when it changed (a relaxed load
 // and a compare otherwise).
 void sync_cpu_threads() {
-  static const bool runner_installed = [] {
-    check(spembed_set_cpu_parallel_runner(&run_on_torch_threads, nullptr),
-          "spembed_set_cpu_parallel_runner");
-    return true;
-  }();
-  (void)runner_installed;
   static std::atomic<int> last{0};
   const int threads = at::get_num_threads();
   if (threads > 0 && last.load(std::memory_order_relaxed) != threads) {

@@ -190,9 +190,8 @@ def test_modules_put_large_cpu_tables_and_states_on_huge_pages():
 
 
 def test_cpu_results_do_not_depend_on_torch_threads():
-    # spembed's CPU regions run on torch's threads (at::parallel_for): the
-    # forward, the dense backward and a fused step give the same bits for any
-    # torch.set_num_threads.
+    # The forward, the dense backward and a fused step give the same bits for
+    # any torch.set_num_threads (passed on to spembed's CPU threads).
     before = torch.get_num_threads()
     tables = [(5000, 32), (300, 16)]
     results = []

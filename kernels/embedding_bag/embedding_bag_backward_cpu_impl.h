@@ -135,7 +135,9 @@ class Backward {
     if (col < t.dim) chunk_tail<kMode>(c, c_end, t, col, key, acc);
   }
 
-  void prefetch_run(int64_t u) const {
+  // Inlined on purpose: GCC finds a function that only loads and prefetches
+  // pure, and drops calls to it whose result is unused (prefetches and all).
+  SPEMBED_CPU_INLINE void prefetch_run(int64_t u) const {
     const BackwardEntry& head =
         plan_.entries[static_cast<size_t>(plan_.run_begin[static_cast<size_t>(u)])];
     const int64_t bag = plan_.bag_of(head.position);

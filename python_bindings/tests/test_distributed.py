@@ -6,6 +6,7 @@ ROW_WISE within a bound derived from the summation order. Plus the edge cases
 of the sharding contract, the global state dict across world sizes, and the
 planner."""
 import os
+import sys
 import tempfile
 
 import pytest
@@ -252,10 +253,23 @@ def _worker(rank, world, store, jobs, seed):
         dist.destroy_process_group()
 
 
+def _rank_main(rank, target, *args):
+    """Runs target(rank, *args) in a spawned rank; a failure raises as usual.
+    On success the rank leaves without interpreter finalization: gloo's worker
+    thread can still release a tensor while Python shuts down, which aborts
+    the process ("terminate called without an active exception") after its
+    work has passed."""
+    target(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _spawn(world, jobs, seed, *extra):
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker if not extra else extra[0],
-                 args=(world, os.path.join(d, "store"), jobs, seed) + tuple(extra[1:]),
+        target = _worker if not extra else extra[0]
+        mp.spawn(_rank_main,
+                 args=(target, world, os.path.join(d, "store"), jobs, seed) + tuple(extra[1:]),
                  nprocs=world, join=True)
 
 

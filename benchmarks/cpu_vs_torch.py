@@ -7,7 +7,8 @@
                      (fused SGD / Adagrad)                   + torch.optim.SGD / Adagrad
   table-batched      EmbeddingBagCollection (T tables)    vs T F.embedding_bag calls + cat
   varlen attention   spembed.ops.varlen_attention         vs padded F.scaled_dot_product_attention
-                     (forward, forward + backward; causal)
+                     (forward, forward + backward; SASRec / HSTU self-attention,
+                     target attention of candidates over the history)
 
 Both sides use torch.get_num_threads() threads (--threads sets it; the op
 layer passes torch's count on to spembed). Times are the best of --reps runs
@@ -164,34 +165,69 @@ def bench_batched(rep, gen, reps, quick):
             ours, theirs, nbytes, torch_impl=f"{len(tables)} F.embedding_bag + cat")
 
 
+# name, batch, query length (0: self-attention, = key length), longest key
+# length, heads, head dim, causal, dtype. Key lengths are uniform in
+# [1, longest] with the first sequence the longest (the padded width).
+ATTENTION_SHAPES = [
+    ("brief", 16, 0, 200, 2, 64, True, "fp32"),
+    ("SASRec", 128, 0, 200, 1, 50, True, "fp32"),
+    ("SASRec", 128, 0, 200, 1, 50, True, "bf16"),
+    ("HSTU", 16, 0, 512, 4, 64, True, "fp32"),
+    ("target, 1 candidate", 64, 1, 1000, 4, 64, False, "fp32"),
+    ("target, 16 candidates", 64, 16, 1000, 4, 64, False, "fp32"),
+]
+
+
 def bench_attention(rep, gen, reps, quick):
+    """Packed varlen attention vs SDPA on the same sequences zero-padded to
+    the longest: is_causal for self-attention (a real query sees only real
+    keys before it), a key-padding mask for target attention."""
     import spembed
-    heads, head_dim, batch, max_len = 2, 64, 16, 200
-    # SASRec-like lengths, then one batch where padding is more than half.
-    for label, lens in (("L <= 200", torch.randint(1, max_len + 1, (batch,), generator=gen)),
-                        ("padding > half", torch.randint(1, 60, (batch,), generator=gen))):
-        lens[0] = max_len  # the padded width is the longest sequence
-        cu = torch.zeros(batch + 1, dtype=torch.int32)
-        cu[1:] = lens.cumsum(0)
-        total = int(cu[-1])
-        q, k, v = (torch.randn(total, heads, head_dim, generator=gen).requires_grad_()
-                   for _ in range(3))
-        pq, pk, pv = (torch.randn(batch, heads, max_len, head_dim, generator=gen).requires_grad_()
-                      for _ in range(3))
-        shape = (f"B {batch}, H {heads}, d {head_dim}, causal, {label}, "
-                 f"padding {1 - total / (batch * max_len):.0%}, fp32")
+    shapes = ATTENTION_SHAPES[:1] + ATTENTION_SHAPES[4:5] if quick else ATTENTION_SHAPES
+    for name, batch, q_len, max_len, heads, head_dim, causal, dt in shapes:
+        dtype = DTYPES[dt]
+        lens_k = torch.randint(1, max_len + 1, (batch,), generator=gen)
+        lens_k[0] = max_len
+        lens_q = lens_k if q_len == 0 else torch.full((batch,), q_len)
+        max_q = int(lens_q.max())
+        cu_k, cu_q = (torch.nn.functional.pad(x.cumsum(0), (1, 0)).to(torch.int32)
+                      for x in (lens_k, lens_q))
+
+        def packed(total):
+            return (torch.rand(total, heads, head_dim, generator=gen) * 2 - 1).to(dtype)
+
+        q, k, v = packed(int(cu_q[-1])), packed(int(cu_k[-1])), packed(int(cu_k[-1]))
+        go = packed(int(cu_q[-1]))
+
+        def padded(x, cu, width):  # [B, H, width, d], zeros past each length
+            out = torch.zeros(batch, width, heads, head_dim, dtype=dtype)
+            for b in range(batch):
+                out[b, :int(cu[b + 1] - cu[b])] = x[cu[b]:cu[b + 1]]
+            return out.transpose(1, 2).contiguous()
+
+        pq, pk, pv, pgo = (padded(q, cu_q, max_q), padded(k, cu_k, max_len),
+                           padded(v, cu_k, max_len), padded(go, cu_q, max_q))
+        mask = None if causal else \
+            (torch.arange(max_len)[None, :] < lens_k[:, None])[:, None, None, :]
+        for t in (q, k, v, pq, pk, pv):
+            t.requires_grad_()
+
+        def ours_fwd():
+            return spembed.ops.varlen_attention(q, k, v, cu_q, cu_k, causal=causal,
+                                                max_seqlen_q=max_q, max_seqlen_k=max_len)
+
+        def theirs_fwd():
+            return F.scaled_dot_product_attention(pq, pk, pv, attn_mask=mask, is_causal=causal)
+
+        padding = 1 - int(cu_k[-1]) / (batch * max_len)
+        shape = (f"{name}: B {batch}, Lq {'= Lk' if q_len == 0 else q_len}, Lk <= {max_len}, "
+                 f"H {heads}, d {head_dim}, {'causal' if causal else 'key mask'}, "
+                 f"padding {padding:.0%}, {dt}")
         with torch.no_grad():
-            ours = best_of(lambda: spembed.ops.varlen_attention(q, k, v, cu, cu, causal=True),
-                           reps)
-            theirs = best_of(lambda: F.scaled_dot_product_attention(pq, pk, pv, is_causal=True),
-                             reps)
+            ours, theirs = best_of(ours_fwd, reps), best_of(theirs_fwd, reps)
         rep.add("varlen attention fwd", shape, ours, theirs, torch_impl="padded SDPA")
-        go, pgo = torch.randn_like(q), torch.randn_like(pq)
-        ours = best_of(lambda: spembed.ops.varlen_attention(q, k, v, cu, cu,
-                                                            causal=True).backward(go), reps)
-        theirs = best_of(lambda: F.scaled_dot_product_attention(pq, pk, pv,
-                                                                is_causal=True).backward(pgo),
-                         reps)
+        ours = best_of(lambda: ours_fwd().backward(go), reps)
+        theirs = best_of(lambda: theirs_fwd().backward(pgo), reps)
         rep.add("varlen attention fwd+bwd", shape, ours, theirs, torch_impl="padded SDPA")
 
 

@@ -6,6 +6,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdlib>
@@ -60,10 +61,32 @@ std::mutex g_handles_mutex;
 std::array<spembed_handle_t, kMaxDevices> g_cuda_handles{};
 spembed_handle_t g_cpu_handle = nullptr;
 
+// spembed's parallel regions run on torch's intra-op threads: with a pool of
+// its own, torch's OpenMP threads (which spin for a while after each torch
+// op) and spembed's threads would contend for the same cores. Pieces are
+// handed out through a counter, as spembed's own pool does, so uneven pieces
+// still balance.
+void run_on_torch_threads(int64_t pieces, spembed_parallel_task_t task, void* context, void*) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(pieces, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < pieces;
+         i = next.fetch_add(1, std::memory_order_relaxed)) {
+      task(context, i);
+    }
+  });
+}
+
 // torch.set_num_threads governs spembed's CPU threads too: the count is
 // passed on before each CPU call, and only when it changed (a relaxed load
 // and a compare otherwise).
 void sync_cpu_threads() {
+  static const bool runner_installed = [] {
+    check(spembed_set_cpu_parallel_runner(run_on_torch_threads, nullptr),
+          "spembed_set_cpu_parallel_runner");
+    return true;
+  }();
+  (void)runner_installed;
   static std::atomic<int> last{0};
   const int threads = at::get_num_threads();
   if (threads > 0 && last.load(std::memory_order_relaxed) != threads) {

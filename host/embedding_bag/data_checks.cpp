@@ -18,14 +18,12 @@ void scan(const EmbeddingBagForwardParams& p, DataCheckResult* r) {
     if (offsets[0] != 0) {
       r->bad_offset_position = 0;
     } else {
-      // Branch-free blocks (they vectorize); the first decrease is searched
-      // for only in a block that has one.
+      // Branch-free blocks (vectorized per instruction set); the first
+      // decrease is searched for only in a block that has one.
       constexpr int64_t kBlock = 4096;
       for (int64_t b0 = 0; b0 < bags && r->bad_offset_position < 0; b0 += kBlock) {
         const int64_t b1 = std::min(bags, b0 + kBlock);
-        bool decreases = false;
-        for (int64_t b = b0; b < b1; ++b) decreases |= offsets[b] > offsets[b + 1];
-        if (!decreases) continue;
+        if (!offsets_decrease_cpu(offsets, p.index_type, b0, b1)) continue;
         for (int64_t b = b0; b < b1; ++b) {
           if (offsets[b] > offsets[b + 1]) {
             r->bad_offset_position = b;

@@ -18,8 +18,11 @@ struct IdScan {
   bool any_bad = false;
   bool any_not_contributing = false;
 };
-IdScan scan_ids_cpu(const void* ids, IndexType index_type, int64_t begin, int64_t end,
-                    int64_t rows, int64_t padding_idx);
+IdScan scan_ids_cpu(const void* ids, IndexType index_type, int64_t begin, int64_t end, int64_t rows,
+                    int64_t padding_idx);
+// Whether offsets[b] > offsets[b + 1] for some b in [begin, end) (reads
+// offsets[begin, end]).
+bool offsets_decrease_cpu(const void* offsets, IndexType index_type, int64_t begin, int64_t end);
 
 // CUDA implementation. Queues on `stream` (a cudaStream_t): clearing the check
 // record in p.workspace, the device-side data checks, the lookup, and, when

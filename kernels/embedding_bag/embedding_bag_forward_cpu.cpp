@@ -23,38 +23,40 @@ namespace spembed::detail {
 #define SPEMBED_CPU_ISA_IMPL "kernels/embedding_bag/embedding_bag_forward_cpu_impl.h"
 #include "kernels/common/cpu_isa_copies.inc"
 
-void embedding_bag_forward_cpu(const EmbeddingBagForwardParams& p) {
-  switch (cpu_isa()) {
+// `return fn(...)` of the copy of the loops for the widest instruction set.
 #if defined(__x86_64__)
-    case CpuIsa::kAvx512:
-      cpu_avx512::forward(p);
-      return;
-    case CpuIsa::kAvx2:
-      cpu_avx2::forward(p);
-      return;
-#endif
-    default:
-      cpu_base::forward(p);
-      return;
+#define SPEMBED_WIDEST_COPY(fn, ...)      \
+  switch (cpu_isa()) {                    \
+    case CpuIsa::kAvx512:                 \
+      return cpu_avx512::fn(__VA_ARGS__); \
+    case CpuIsa::kAvx2:                   \
+      return cpu_avx2::fn(__VA_ARGS__);   \
+    default:                              \
+      return cpu_base::fn(__VA_ARGS__);   \
   }
+#else
+#define SPEMBED_WIDEST_COPY(fn, ...) return cpu_base::fn(__VA_ARGS__)
+#endif
+
+void embedding_bag_forward_cpu(const EmbeddingBagForwardParams& p) {
+  SPEMBED_WIDEST_COPY(forward, p);
 }
 
-IdScan scan_ids_cpu(const void* ids, IndexType index_type, int64_t begin, int64_t end,
-                    int64_t rows, int64_t padding_idx) {
-  auto scan = [&](auto typed_ids) {
-    switch (cpu_isa()) {
-#if defined(__x86_64__)
-      case CpuIsa::kAvx512:
-        return cpu_avx512::scan_ids(typed_ids, begin, end, rows, padding_idx);
-      case CpuIsa::kAvx2:
-        return cpu_avx2::scan_ids(typed_ids, begin, end, rows, padding_idx);
-#endif
-      default:
-        return cpu_base::scan_ids(typed_ids, begin, end, rows, padding_idx);
-    }
+IdScan scan_ids_cpu(const void* ids, IndexType index_type, int64_t begin, int64_t end, int64_t rows,
+                    int64_t padding_idx) {
+  auto scan = [&](auto typed) -> IdScan {
+    SPEMBED_WIDEST_COPY(scan_ids, typed, begin, end, rows, padding_idx);
   };
   return index_type == IndexType::kI32 ? scan(static_cast<const int32_t*>(ids))
                                        : scan(static_cast<const int64_t*>(ids));
 }
+
+bool offsets_decrease_cpu(const void* offsets, IndexType index_type, int64_t begin, int64_t end) {
+  auto scan = [&](auto typed) -> bool { SPEMBED_WIDEST_COPY(offsets_decrease, typed, begin, end); };
+  return index_type == IndexType::kI32 ? scan(static_cast<const int32_t*>(offsets))
+                                       : scan(static_cast<const int64_t*>(offsets));
+}
+
+#undef SPEMBED_WIDEST_COPY
 
 }  // namespace spembed::detail

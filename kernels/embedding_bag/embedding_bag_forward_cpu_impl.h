@@ -410,6 +410,19 @@ IdScan scan_ids(const Index* ids, int64_t begin, int64_t end, int64_t rows, int6
   return IdScan{bad != 0, not_contributing != 0};
 }
 
+// The host's offsets check (offsets_decrease_cpu): whether offsets[b] >
+// offsets[b + 1] for some b in [begin, end), in one branch-free pass (a
+// vector compare of 64-bit ids needs AVX2 or better; the baseline build
+// compares one pair at a time).
+// (An integer flag: GCC does not vectorize the loop with a bool one.)
+template <typename Index>
+bool offsets_decrease(const Index* offsets, int64_t begin, int64_t end) {
+  using U = std::make_unsigned_t<Index>;
+  U decreases = 0;
+  for (int64_t b = begin; b < end; ++b) decreases |= offsets[b] > offsets[b + 1] ? U(1) : U(0);
+  return decreases != 0;
+}
+
 inline void forward(const EmbeddingBagForwardParams& p) {
   dispatch_element(p.table_dtype, [&](auto element) {
     using T = decltype(element);

@@ -61,6 +61,8 @@ std::mutex g_handles_mutex;
 std::array<spembed_handle_t, kMaxDevices> g_cuda_handles{};
 spembed_handle_t g_cpu_handle = nullptr;
 
+#if SPEMBED_TORCH_OPENMP
+// Built against torch's OpenMP runtime (python_bindings/CMakeLists.txt),
 // spembed's parallel regions run on torch's intra-op threads: with a pool of
 // its own, torch's OpenMP threads (which spin for a while after each torch
 // op) and spembed's threads would contend for the same cores. Pieces are
@@ -76,17 +78,20 @@ void run_on_torch_threads(int64_t pieces, spembed_parallel_task_t task, void* co
     }
   });
 }
+#endif
 
 // torch.set_num_threads governs spembed's CPU threads too: the count is
 // passed on before each CPU call, and only when it changed (a relaxed load
 // and a compare otherwise).
 void sync_cpu_threads() {
+#if SPEMBED_TORCH_OPENMP
   static const bool runner_installed = [] {
     check(spembed_set_cpu_parallel_runner(run_on_torch_threads, nullptr),
           "spembed_set_cpu_parallel_runner");
     return true;
   }();
   (void)runner_installed;
+#endif
   static std::atomic<int> last{0};
   const int threads = at::get_num_threads();
   if (threads > 0 && last.load(std::memory_order_relaxed) != threads) {

@@ -1,6 +1,9 @@
 """spembed.nn.EmbeddingBagCollection: the batched lookup against per-table
 torch lookups, both input forms, dense gradients, and the fused optimizer
 against a dense torch model trained with the matching torch.optim optimizer."""
+import os
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,6 +190,24 @@ def test_modules_put_large_cpu_tables_and_states_on_huge_pages():
     before = ebc.weights[0].detach().clone()
     ebc([(ids, offs), (torch.randint(0, 10, (40,)), offs)]).sum().backward()
     assert not torch.equal(before, ebc.weights[0].detach())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps")
+def test_one_openmp_runtime_after_cpu_ops():
+    # The op layer runs spembed's CPU regions on torch's OpenMP threads by
+    # linking torch's own runtime: a second runtime in the process would be
+    # a second pool of threads spinning on the same cores.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ids, offs, _ = random_bags(512, 1000, 20, torch.int64, "cpu")
+        spembed.ops.embedding_bag(ids, torch.randn(1000, 16), offs, mode="sum")
+    finally:
+        torch.set_num_threads(before)
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps
+                    if re.search(r"/lib(gomp|iomp5|omp)[-.][^/]*$", line.strip())}
+    assert len(runtimes) <= 1, runtimes
 
 
 def test_cpu_results_do_not_depend_on_torch_threads():

@@ -190,8 +190,7 @@ def bench_attention(rep, gen, reps, quick):
         lens_k[0] = max_len
         lens_q = lens_k if q_len == 0 else torch.full((batch,), q_len)
         max_q = int(lens_q.max())
-        cu_k, cu_q = (torch.nn.functional.pad(x.cumsum(0), (1, 0)).to(torch.int32)
-                      for x in (lens_k, lens_q))
+        cu_k, cu_q = (F.pad(x.cumsum(0), (1, 0)).to(torch.int32) for x in (lens_k, lens_q))
 
         def packed(total):
             return (torch.rand(total, heads, head_dim, generator=gen) * 2 - 1).to(dtype)

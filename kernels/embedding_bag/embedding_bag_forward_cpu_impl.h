@@ -411,10 +411,9 @@ IdScan scan_ids(const Index* ids, int64_t begin, int64_t end, int64_t rows, int6
 }
 
 // The host's offsets check (offsets_decrease_cpu): whether offsets[b] >
-// offsets[b + 1] for some b in [begin, end), in one branch-free pass (a
-// vector compare of 64-bit ids needs AVX2 or better; the baseline build
-// compares one pair at a time).
-// (An integer flag: GCC does not vectorize the loop with a bool one.)
+// offsets[b + 1] for some b in [begin, end), in one branch-free pass. It
+// vectorizes in the AVX2 / AVX-512 copies (64-bit compares) and only with an
+// integer flag: GCC leaves the loop scalar with a bool one.
 template <typename Index>
 bool offsets_decrease(const Index* offsets, int64_t begin, int64_t end) {
   using U = std::make_unsigned_t<Index>;
